@@ -1,0 +1,97 @@
+"""Training and evaluation shapes: binary masks with their IJK->RAS affines.
+
+Sources: AdrenalMNIST3D (``.npz``, 64^3 at 1 mm), the DeepMind head-and-neck organ masks
+(``<rater>/<scan>/segmentations/<Organ>.nrrd``, cropped to each organ), and any directory of
+NIfTI/NRRD label maps (each label value a separate shape).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import VolumeError, read_volume
+
+
+@dataclass
+class Shape:
+    mask: np.ndarray  # bool (i, j, k)
+    affine: np.ndarray  # IJK -> RAS of this (possibly cropped) grid
+    name: str
+
+
+def crop_to_object(mask: np.ndarray, affine: np.ndarray, margin_vox) -> tuple[np.ndarray, np.ndarray]:
+    """Crop to the mask's bounding box plus ``margin_vox`` voxels; the affine follows the crop."""
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin_vox, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin_vox, mask.shape)
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], shifted
+
+
+def adrenal_shapes(path: str | Path, split: str) -> list[Shape]:
+    """AdrenalMNIST3D masks of one split (``train`` or ``val``), at 1 mm with identity orientation."""
+    data = np.load(path)
+    masks = data[f"{split}_images"] > 0
+    return [Shape(m, np.eye(4), f"adrenal-{split}-{n:04d}") for n, m in enumerate(masks) if m.any()]
+
+
+def canonical_organ(name: str) -> str:
+    """``Parotid_Lt`` and ``Parotid-Lt`` are the same organ."""
+    return re.sub(r"[_ ]", "-", name)
+
+
+def hn_scans(root: str | Path) -> list[str]:
+    return sorted(p.name for p in (Path(root) / "oncologist").iterdir() if p.is_dir())
+
+
+def hn_shapes(root: str | Path, scans: list[str], raters=("oncologist", "radiographer"), organs=None,
+              margin_mm: float = 12.0) -> list[Shape]:
+    """Head-and-neck organ masks of ``scans``, cropped to each organ plus ``margin_mm``."""
+    shapes = []
+    for scan in scans:
+        for rater in raters:
+            for file in sorted((Path(root) / rater / scan / "segmentations").glob("*.nrrd")):
+                organ = canonical_organ(file.stem)
+                if organs is not None and organ not in organs:
+                    continue
+                vol = read_volume(file)
+                mask = vol.array > 0
+                if not mask.any():
+                    continue
+                spc = np.linalg.norm(vol.affine[:3, :3], axis=0)
+                cropped, affine = crop_to_object(mask, vol.affine, np.ceil(margin_mm / spc).astype(int))
+                shapes.append(Shape(np.ascontiguousarray(cropped), affine, f"{scan}/{rater}/{organ}"))
+    return shapes
+
+
+def label_directory_shapes(directory: str | Path, margin_mm: float = 12.0) -> list[Shape]:
+    """Every label of every NIfTI/NRRD label map under ``directory``, cropped to it."""
+    shapes = []
+    files = sorted(p for p in Path(directory).rglob("*") if p.name.lower().endswith((".nii", ".nii.gz", ".nrrd")))
+    if not files:
+        raise VolumeError(f"{directory}: no .nii, .nii.gz or .nrrd label maps found")
+    for file in files:
+        vol = read_volume(file)
+        spc = np.linalg.norm(vol.affine[:3, :3], axis=0)
+        for label in np.unique(vol.array):
+            if label == 0:
+                continue
+            mask = vol.array == label
+            cropped, affine = crop_to_object(mask, vol.affine, np.ceil(margin_mm / spc).astype(int))
+            shapes.append(Shape(np.ascontiguousarray(cropped), affine, f"{file.name}:{int(label)}"))
+    return shapes
+
+
+def hn_split(root: str | Path, n_val: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Seeded scan-level split of the head-and-neck set: (training scans, validation scans).
+
+    Both raters' masks of a scan fall on the same side, so validation scans are unseen.
+    """
+    scans = hn_scans(root)
+    val = sorted(np.random.default_rng(seed).choice(scans, n_val, replace=False).tolist())
+    return [s for s in scans if s not in val], val

@@ -1,0 +1,57 @@
+"""Evaluating an INR over a grid: in chunks within a memory budget, and adaptively.
+
+Adaptive decoding evaluates every second grid point, interpolates trilinearly, and evaluates
+exactly only where the interpolated logit lies within ``band`` of the decision boundary:
+far from the surface the interpolation cannot flip a label, so large grids cost little more
+than their surface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .frames import grid_ijk
+
+PointFunction = Callable[[np.ndarray], np.ndarray]  # (n, 3) voxel positions -> (n,) logits
+
+DEFAULT_BUDGET_BYTES = 256 * 1024**2
+
+
+def chunk_size(bytes_per_point: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    return max(1024, int(budget_bytes // max(bytes_per_point, 1)))
+
+
+def evaluate_in_chunks(fn: PointFunction, points: np.ndarray, chunk: int) -> np.ndarray:
+    points = np.asarray(points).reshape(-1, 3)
+    out = np.empty(len(points), np.float32)
+    for start in range(0, len(points), chunk):
+        out[start:start + chunk] = fn(points[start:start + chunk])
+    return out
+
+
+def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536, adaptive: bool = True,
+               band: float = 4.0, min_adaptive_points: int = 32**3) -> np.ndarray:
+    """Logits on the grid ``lo + step * n`` (voxel units) covering the box ``[lo, hi)``.
+
+    Returns an array of shape ``ceil((hi - lo) / step)`` per axis.
+    """
+    lo = np.asarray(lo, np.float64)
+    hi = np.asarray(hi, np.float64)
+    dims = np.maximum(np.ceil((hi - lo) / step - 1e-6).astype(int), 1)
+    if not adaptive or np.prod(dims) < min_adaptive_points:
+        points = grid_ijk(tuple(dims)) * step + lo
+        return evaluate_in_chunks(fn, points, chunk).reshape(tuple(dims))
+    coarse_dims = dims // 2 + 1
+    coarse_points = grid_ijk(tuple(coarse_dims)) * (2 * step) + lo
+    coarse = evaluate_in_chunks(fn, coarse_points, chunk).reshape(tuple(coarse_dims))
+    up = F.interpolate(torch.from_numpy(coarse)[None, None], size=tuple(2 * (coarse_dims - 1) + 1),
+                       mode="trilinear", align_corners=True)[0, 0].numpy()
+    logits = np.ascontiguousarray(up[: dims[0], : dims[1], : dims[2]])
+    uncertain = np.argwhere(np.abs(logits) < band)
+    if len(uncertain):
+        logits[tuple(uncertain.T)] = evaluate_in_chunks(fn, uncertain * step + lo, chunk)
+    return logits

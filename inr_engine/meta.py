@@ -1,0 +1,95 @@
+"""Meta-learning of INR initialisations: MAML (second and first order) and Meta-SGD.
+
+The inner optimiser is plain SGD, explicitly: ``theta <- theta - lr * grad``. With MAML the
+step size is one scalar; with Meta-SGD (Li et al. 2017) it is a learned tensor per parameter.
+All tasks of a meta-batch adapt at once: parameters carry a leading task dimension and the
+network runs through ``vmap(functional_call)``, so one forward serves every per-task copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+Params = dict[str, torch.Tensor]
+Algorithm = Literal["maml", "fomaml", "metasgd", "fometasgd"]
+ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "fometasgd")
+
+# loss_fn(model_output, labels, params) -> per-task loss, shape (T,)
+TaskLoss = Callable[[torch.Tensor, torch.Tensor, Params], torch.Tensor]
+
+
+def batched_forward(model: nn.Module, params: Params, *inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` once per task: ``params`` and ``inputs`` carry a leading task dimension."""
+
+    def single(p: Params, *x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, p, x)
+
+    return vmap(single)(params, *inputs)
+
+
+def expand_params(params: Params, tasks: int) -> Params:
+    """Per-task copies of shared parameters (differentiable back to the originals)."""
+    return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
+
+
+class MetaLearner(nn.Module):
+    """Holds the meta-learned initialisation ``model`` and the inner step sizes.
+
+    ``forward`` returns the outer loss of a meta-batch, so the whole learner can be wrapped
+    in ``DistributedDataParallel`` and trained like any module.
+    """
+
+    def __init__(self, model: nn.Module, algorithm: Algorithm = "metasgd", inner_steps: int = 5,
+                 inner_lr: float = 1e-2):
+        super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown meta-learning algorithm {algorithm!r}; choose from {ALGORITHMS}")
+        self.model = model
+        self.algorithm = algorithm
+        self.inner_steps = int(inner_steps)
+        self.first_order = algorithm.startswith("fo")
+        if algorithm.endswith("metasgd"):
+            self.inner_lrs = nn.ParameterDict(
+                {_key(k): nn.Parameter(torch.full_like(p, inner_lr)) for k, p in model.named_parameters()}
+            )
+        else:
+            self.register_buffer("inner_lr", torch.tensor(float(inner_lr)))
+            self.inner_lrs = None
+
+    def step_sizes(self) -> Params:
+        """Inner-loop step size per parameter name (a tensor broadcastable to the parameter)."""
+        if self.inner_lrs is None:
+            return {k: self.inner_lr for k, _ in self.model.named_parameters()}
+        return {k: self.inner_lrs[_key(k)] for k, _ in self.model.named_parameters()}
+
+    def adapt(self, params: Params, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, loss_fn: TaskLoss,
+              steps: int | None = None, create_graph: bool | None = None) -> Params:
+        """``steps`` inner SGD steps on every task of the batch at once; returns adapted params."""
+        steps = self.inner_steps if steps is None else steps
+        create_graph = (not self.first_order) if create_graph is None else create_graph
+        lrs = self.step_sizes()
+        for _ in range(steps):
+            loss = loss_fn(batched_forward(self.model, params, *inputs), labels, params).sum()
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+            params = {k: p - lrs[k] * g for (k, p), g in zip(params.items(), grads)}
+        return params
+
+    def forward(self, context: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+                target: tuple[tuple[torch.Tensor, ...], torch.Tensor], loss_fn: TaskLoss) -> torch.Tensor:
+        """Outer loss: adapt on each task's context, score the adapted network on its target."""
+        ctx_inputs, ctx_labels = context
+        tgt_inputs, tgt_labels = target
+        tasks = ctx_labels.shape[0]
+        params = expand_params(dict(self.model.named_parameters()), tasks)
+        adapted = self.adapt(params, ctx_inputs, ctx_labels, loss_fn)
+        return loss_fn(batched_forward(self.model, adapted, *tgt_inputs), tgt_labels, adapted).mean()
+
+
+def _key(name: str) -> str:
+    # ParameterDict keys may not contain dots.
+    return name.replace(".", "__")

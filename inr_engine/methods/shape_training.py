@@ -1,0 +1,120 @@
+"""Meta-training and validating shape-completion priors."""
+
+from __future__ import annotations
+
+import threading
+import queue
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets import Shape
+from ..meta import MetaLearner
+from ..priors import save_prior
+from ..train import json_logger, train_meta
+from .shape_completion import (ShapeCompleter, ShapeConfig, OccupancyINR, collate, occupancy_loss, prior_metadata,
+                               prior_tensors, sample_task)
+from .slices import SliceError, sparsify
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """Index axis closest to the superior-inferior direction."""
+    dirs = np.asarray(affine)[:3, :3] / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return int(np.argmax(np.abs(dirs[2])))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def protocol_dice(completer: ShapeCompleter, shape: Shape, axis: int, every: int,
+                  steps: Iterable[int] = (1, 5)) -> dict[int, float]:
+    """Dice of the completion after each of ``steps`` fitting steps (evaluation protocol)."""
+    sparse, kept = sparsify(shape.mask, axis, every)
+    case = completer.prepare(sparse, shape.affine, {axis: kept})
+    wanted = sorted(set(steps))
+    scores = {}
+    if 0 in wanted:
+        scores[0] = dice(completer.labelmap(case), shape.mask)
+    for st in completer.fit(case, max(wanted)):
+        if st.step in wanted:
+            scores[st.step] = dice(completer.labelmap(case, st.params), shape.mask)
+    return scores
+
+
+def validation_metrics(completer: ShapeCompleter, shapes: list[Shape], settings: list[tuple[str, int]],
+                       steps=(1, 5)) -> dict:
+    """Mean Dice per (axis, w) setting; ``axis`` is 0/1/2 or ``"axial"``."""
+    out = {}
+    for axis_name, every in settings:
+        per_step: dict[int, list[float]] = {s: [] for s in steps}
+        for shape in shapes:
+            axis = axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
+            try:
+                for s, d in protocol_dice(completer, shape, axis, every, steps).items():
+                    per_step[s].append(d)
+            except SliceError:
+                continue
+        for s, vals in per_step.items():
+            out[f"dice_axis{axis_name}_w{every}_step{s}"] = float(np.mean(vals)) if vals else float("nan")
+    keys = [k for k in out if k.endswith(f"step{max(steps)}")]
+    out["score"] = float(np.nanmean([out[k] for k in keys]))
+    return out
+
+
+class TaskStream:
+    """Meta-batches drawn in a background thread (NumPy and SciPy release the GIL)."""
+
+    def __init__(self, shapes: list[Shape], cfg: ShapeConfig, meta_batch: int, seed: int, prefetch: int = 4):
+        self.shapes, self.cfg, self.meta_batch = shapes, cfg, meta_batch
+        self.rng = np.random.default_rng(seed)
+        self.queue: queue.Queue = queue.Queue(prefetch)
+        threading.Thread(target=self._fill, daemon=True).start()
+
+    def _batch(self):
+        tasks = []
+        while len(tasks) < self.meta_batch:
+            shape = self.shapes[int(self.rng.integers(len(self.shapes)))]
+            task = sample_task(shape.mask, shape.affine, self.cfg, self.rng)
+            if task is not None:
+                tasks.append(task)
+        return collate(tasks)
+
+    def _fill(self):
+        while True:
+            self.queue.put(self._batch())
+
+    def __call__(self):
+        return self.queue.get()
+
+
+def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, out: str | Path, *, steps: int,
+                      meta_batch: int, lr: float, seed: int, device: torch.device, settings: list[tuple[str, int]],
+                      description: str, training_data: dict, log_path: str | Path | None = None,
+                      time_limit_s: float | None = None) -> dict:
+    """Meta-train a shape prior and write the best validated state to ``out``."""
+    torch.manual_seed(seed)
+    learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
+    rank = int(__import__("os").environ.get("RANK", 0))
+    stream = TaskStream(train, cfg, meta_batch, seed + rank)
+
+    def loss_fn(logits, labels, params):
+        return occupancy_loss(logits, labels, params, cfg.weight_decay)
+
+    def validate(lrn: MetaLearner) -> dict:
+        return validation_metrics(ShapeCompleter.from_learner(lrn, cfg), val, settings)
+
+    def checkpoint(lrn: MetaLearner, entry: dict) -> None:
+        meta = prior_metadata(cfg, name=Path(out).stem, description=description, training=training_data,
+                              validation=entry, training_steps=entry["step"], seed=seed, meta_batch=meta_batch,
+                              outer_lr=lr)
+        save_prior(out, prior_tensors(lrn), meta)
+
+    result = train_meta(learner, stream, loss_fn, steps, lr, device, validate, validate_every=max(steps // 12, 50),
+                        log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s)
+    return {"best": result.best, "seconds": result.seconds, "steps": result.steps, "config": asdict(cfg)}

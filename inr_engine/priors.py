@@ -1,0 +1,161 @@
+"""Priors: network weights in safetensors, JSON metadata in its header, a SHA256 manifest.
+
+Loading never unpickles anything: safetensors holds raw tensors only. A file that is not a
+safetensors file, lacks our metadata, was made for another task, or does not match the
+manifest's checksum is refused with :class:`PriorError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+PRIOR_FORMAT = "inr-engine-prior"
+PRIOR_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "priors"
+MAX_PRIOR_BYTES = 512 * 1024 * 1024
+
+
+class PriorError(ValueError):
+    """A prior file that cannot be used."""
+
+
+@dataclass
+class Prior:
+    metadata: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    path: Path
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", self.path.stem)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_prior(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write a prior atomically (temporary file, then rename) and return its path."""
+    path = Path(path)
+    meta = {"format": PRIOR_FORMAT, "format_version": PRIOR_FORMAT_VERSION, **metadata}
+    if "task" not in meta:
+        raise ValueError("prior metadata must name its task")
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"inr_engine": json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_manifest(directory: str | Path, descriptions: dict[str, str] | None = None) -> Path:
+    """(Re)write ``manifest.json`` listing every prior in ``directory`` with its SHA256."""
+    directory = Path(directory)
+    descriptions = descriptions or {}
+    entries = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        meta = read_metadata(file)
+        entries[file.stem] = {
+            "file": file.name,
+            "sha256": sha256(file),
+            "task": meta["task"],
+            "description": descriptions.get(file.stem, meta.get("description", "")),
+        }
+    out = directory / MANIFEST
+    out.write_text(json.dumps({"format": PRIOR_FORMAT, "priors": entries}, indent=2) + "\n")
+    return out
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of a prior file, validated; raises :class:`PriorError` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise PriorError(f"prior file not found: {path}")
+    if path.stat().st_size > MAX_PRIOR_BYTES:
+        raise PriorError(f"{path} is larger than {MAX_PRIOR_BYTES >> 20} MB; not a prior of this engine")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PriorError(f"{path} is not a readable safetensors prior ({exc})") from exc
+    try:
+        meta = json.loads(header["inr_engine"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise PriorError(f"{path} is a safetensors file but not an inr-engine prior (no metadata)") from exc
+    if meta.get("format") != PRIOR_FORMAT:
+        raise PriorError(f"{path} is not an inr-engine prior (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > PRIOR_FORMAT_VERSION:
+        raise PriorError(f"{path} needs a newer inr-engine (prior format {meta['format_version']})")
+    return meta
+
+
+def _manifest_entry(path: Path) -> dict[str, Any] | None:
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())["priors"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise PriorError(f"manifest {manifest} is unreadable: {exc}") from exc
+    return next((e for e in entries.values() if e.get("file") == path.name), None)
+
+
+def bundled_priors() -> dict[str, dict[str, Any]]:
+    """Name -> manifest entry of the priors shipped with the engine."""
+    manifest = BUNDLED_DIR / MANIFEST
+    if not manifest.is_file():
+        return {}
+    return json.loads(manifest.read_text())["priors"]
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A bundled prior's name, or a path to a prior file."""
+    bundled = bundled_priors()
+    if str(name_or_path) in bundled:
+        return BUNDLED_DIR / bundled[str(name_or_path)]["file"]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    names = ", ".join(sorted(bundled)) or "none"
+    raise PriorError(f"no prior {str(name_or_path)!r}: not a file, and not a bundled prior ({names})")
+
+
+def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:
+    """Load and verify a prior; ``task`` (e.g. ``"shape_completion"``) refuses priors of other tasks."""
+    path = resolve(name_or_path)
+    meta = read_metadata(path)
+    entry = _manifest_entry(path)
+    if entry is not None and entry["sha256"] != sha256(path):
+        raise PriorError(f"{path} does not match the SHA256 in its manifest: the file is corrupted or was altered")
+    if task is not None and meta["task"] != task:
+        raise PriorError(f"{path} is a {meta['task']!r} prior, but {task!r} needs a {task!r} prior")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PriorError(f"{path}: tensors unreadable ({exc})") from exc
+    return Prior(meta, tensors, path)
