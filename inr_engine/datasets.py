@@ -50,23 +50,39 @@ def hn_scans(root: str | Path) -> list[str]:
 
 
 def hn_shapes(root: str | Path, scans: list[str], raters=("oncologist", "radiographer"), organs=None,
-              margin_mm: float = 12.0) -> list[Shape]:
-    """Head-and-neck organ masks of ``scans``, cropped to each organ plus ``margin_mm``."""
+              margin_mm: float = 12.0, cache_dir: str | Path | None = None) -> list[Shape]:
+    """Head-and-neck organ masks of ``scans``, cropped to each organ plus ``margin_mm``.
+
+    Reading the 512x512xN masks is slow; ``cache_dir`` keeps the cropped masks as ``.npz``.
+    """
     shapes = []
     for scan in scans:
         for rater in raters:
-            for file in sorted((Path(root) / rater / scan / "segmentations").glob("*.nrrd")):
-                organ = canonical_organ(file.stem)
-                if organs is not None and organ not in organs:
-                    continue
-                vol = read_volume(file)
-                mask = vol.array > 0
-                if not mask.any():
-                    continue
-                spc = np.linalg.norm(vol.affine[:3, :3], axis=0)
-                cropped, affine = crop_to_object(mask, vol.affine, np.ceil(margin_mm / spc).astype(int))
-                shapes.append(Shape(np.ascontiguousarray(cropped), affine, f"{scan}/{rater}/{organ}"))
+            for organ, (mask, affine) in _hn_scan(root, rater, scan, margin_mm, cache_dir).items():
+                if organs is None or organ in organs:
+                    shapes.append(Shape(mask, affine, f"{scan}/{rater}/{organ}"))
     return shapes
+
+
+def _hn_scan(root, rater, scan, margin_mm, cache_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    cache = Path(cache_dir) / f"hn-{rater}-{scan}-m{margin_mm:g}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        data = np.load(cache)
+        return {k[5:]: (data[k], data["affine-" + k[5:]]) for k in data.files if k.startswith("mask-")}
+    organs = {}
+    for file in sorted((Path(root) / rater / scan / "segmentations").glob("*.nrrd")):
+        vol = read_volume(file)
+        mask = vol.array > 0
+        if mask.any():
+            spc = np.linalg.norm(vol.affine[:3, :3], axis=0)
+            cropped, affine = crop_to_object(mask, vol.affine, np.ceil(margin_mm / spc).astype(int))
+            organs[canonical_organ(file.stem)] = (np.ascontiguousarray(cropped), affine)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"mask-{k}": m for k, (m, _) in organs.items()}
+        arrays.update({f"affine-{k}": a for k, (_, a) in organs.items()})
+        np.savez_compressed(cache, **arrays)
+    return organs
 
 
 def label_directory_shapes(directory: str | Path, margin_mm: float = 12.0) -> list[Shape]:

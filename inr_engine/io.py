@@ -8,8 +8,6 @@ never leaves a half-written output.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 
+from .files import atomic_output
 from .frames import GeometryError, validate_affine
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -115,24 +114,16 @@ def write_volume(path: str | Path, array: np.ndarray, like: Volume) -> Path:
     fmt = file_format(path)
     if tuple(array.shape) != like.shape:
         raise VolumeError(f"array shape {array.shape} does not match the reference grid {like.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         if fmt == "nifti":
             _write_nifti(tmp, array, like)
         else:
             _write_nrrd(tmp, array, like)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def _write_nifti(path: str, array: np.ndarray, like: Volume) -> None:
-    header = like.header.copy() if like.format == "nifti" else None
+    header = like.header.copy() if like.format == "nifti" and like.header is not None else None
     img = nib.Nifti1Image(array, like.affine, header=header)
     img.set_data_dtype(array.dtype)
     if header is not None:
@@ -141,7 +132,8 @@ def _write_nifti(path: str, array: np.ndarray, like: Volume) -> None:
 
 
 def _write_nrrd(path: str, array: np.ndarray, like: Volume) -> None:
-    if like.format == "nrrd" and str(like.header.get("space", "")).lower() in ("right-anterior-superior", "ras"):
+    source_space = str((like.header or {}).get("space", "")).lower() if like.format == "nrrd" else ""
+    if source_space in ("right-anterior-superior", "ras"):
         space, flip = "right-anterior-superior", np.eye(3)
     else:
         space, flip = "left-posterior-superior", LPS_TO_RAS

@@ -6,8 +6,6 @@ Slicer assumes for STL, PLY and VTP model files, so they load in place over the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from vtkmodules.vtkIOGeometry import vtkSTLWriter
 from vtkmodules.vtkIOPLY import vtkPLYWriter
 from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
+from .files import atomic_output
 from .frames import ijk_to_ras
 
 MESH_SUFFIXES = (".stl", ".ply", ".vtp")
@@ -75,16 +74,9 @@ def write_mesh(path: str | Path, surface: vtkPolyData) -> Path:
     writer = {".stl": vtkSTLWriter, ".ply": vtkPLYWriter, ".vtp": vtkXMLPolyDataWriter}[suffix]()
     if suffix == ".stl":
         writer.SetFileTypeToBinary()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         writer.SetFileName(tmp)
         writer.SetInputData(lps)
         if not writer.Write():
             raise OSError(f"VTK could not write {path}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

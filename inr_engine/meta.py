@@ -81,13 +81,19 @@ class MetaLearner(nn.Module):
 
     def forward(self, context: tuple[tuple[torch.Tensor, ...], torch.Tensor],
                 target: tuple[tuple[torch.Tensor, ...], torch.Tensor], loss_fn: TaskLoss) -> torch.Tensor:
-        """Outer loss: adapt on each task's context, score the adapted network on its target."""
+        """Outer loss: adapt on each task's context, score the adapted network on its target.
+
+        The target loss is averaged over every inner step (as in MAML++'s multi-step loss), not
+        only the last: users watch every step's result, so each must be good, not just step K.
+        """
         ctx_inputs, ctx_labels = context
         tgt_inputs, tgt_labels = target
-        tasks = ctx_labels.shape[0]
-        params = expand_params(dict(self.model.named_parameters()), tasks)
-        adapted = self.adapt(params, ctx_inputs, ctx_labels, loss_fn)
-        return loss_fn(batched_forward(self.model, adapted, *tgt_inputs), tgt_labels, adapted).mean()
+        params = expand_params(dict(self.model.named_parameters()), ctx_labels.shape[0])
+        losses = []
+        for _ in range(self.inner_steps):
+            params = self.adapt(params, ctx_inputs, ctx_labels, loss_fn, steps=1)
+            losses.append(loss_fn(batched_forward(self.model, params, *tgt_inputs), tgt_labels, params).mean())
+        return torch.stack(losses).mean()
 
 
 def _key(name: str) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .files import atomic_output
 
 PRIOR_FORMAT = "inr-engine-prior"
 PRIOR_FORMAT_VERSION = 1
@@ -60,15 +60,8 @@ def save_prior(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dic
     if "task" not in meta:
         raise ValueError("prior metadata must name its task")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata={"inr_engine": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -86,7 +79,8 @@ def write_manifest(directory: str | Path, descriptions: dict[str, str] | None = 
             "description": descriptions.get(file.stem, meta.get("description", "")),
         }
     out = directory / MANIFEST
-    out.write_text(json.dumps({"format": PRIOR_FORMAT, "priors": entries}, indent=2) + "\n")
+    with atomic_output(out) as tmp:
+        Path(tmp).write_text(json.dumps({"format": PRIOR_FORMAT, "priors": entries}, indent=2) + "\n")
     return out
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import queue
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -15,8 +15,16 @@ from ..datasets import Shape
 from ..meta import MetaLearner
 from ..priors import save_prior
 from ..train import json_logger, train_meta
-from .shape_completion import (ShapeCompleter, ShapeConfig, OccupancyINR, collate, occupancy_loss, prior_metadata,
-                               prior_tensors, sample_task)
+from .shape_completion import (
+    OccupancyINR,
+    ShapeCompleter,
+    ShapeConfig,
+    collate,
+    occupancy_loss,
+    prior_metadata,
+    prior_tensors,
+    sample_task,
+)
 from .slices import SliceError, sparsify
 
 

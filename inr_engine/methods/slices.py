@@ -5,13 +5,16 @@ voxel is unknown and stored as 0. :class:`SliceEvidence` turns the annotated sli
 fixed-length feature vector for any point of the volume (fractional positions included), so
 that the occupancy network can be evaluated on the voxel grid or on a finer mesh grid:
 
-per axis with annotations, 7 values:
+per axis with annotations, 9 values:
   interpolated signed distance between the two neighbouring slices, after shifting each
   slice's contour by the in-plane centroid displacement (shape-based interpolation that
-  follows tube-like structures), the signed distances on the previous and the next slice,
-  distance to the nearest annotated slice, distance beyond the first/last slice, gap
-  between the neighbouring slices, and a flag that the axis has annotations;
-plus the distance-weighted combination of the axes' interpolated signed distances.
+  follows tube-like structures), the signed distances on the previous and the next slice and
+  on the slices beyond those (curvature), distance to the nearest annotated slice, distance
+  beyond the first/last slice, gap between the neighbouring slices, and a flag that the axis
+  has annotations;
+plus the distance-weighted combination of the axes' interpolated signed distances, where
+beyond the first and last slice the end slice's signed distance grows by the distance beyond
+it (a 45-degree taper rather than an extrusion).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from scipy import ndimage
 SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_MM)
 DIST_SCALE_MM = 20.0  # slice distances as tanh(d / DIST_SCALE_MM)
 SDF_CAP_MM = 50.0  # signed distance assigned on slices annotated as empty
-FEATURES_PER_AXIS = 7
+FEATURES_PER_AXIS = 9
 NUM_FEATURES = 3 * FEATURES_PER_AXIS + 1
 
 
@@ -165,11 +168,14 @@ class SliceEvidence:
         shift = np.where(np.isnan(shift), 0.0, shift)
         d_prev = _sample(ev.sdf, prv, uv - t[:, None] * shift)
         d_next = _sample(ev.sdf, nxt, uv + (1.0 - t)[:, None] * shift)
-        s = (1.0 - t) * d_prev + t * d_next
+        d_prev2 = _sample(ev.sdf, np.clip(prv - 1, 0, m - 1), uv)
+        d_next2 = _sample(ev.sdf, np.clip(nxt + 1, 0, m - 1), uv)
         beyond = np.where(before, ev.positions[0] - k, np.where(after, k - ev.positions[-1], 0.0)) * ev.step_mm
+        s = (1.0 - t) * d_prev + t * d_next + beyond
         near = np.minimum(np.abs(k - ev.positions[prv]), np.abs(ev.positions[nxt] - k)) * ev.step_mm
         cols = np.stack([
             np.tanh(s / SDF_SCALE_MM), np.tanh(d_prev / SDF_SCALE_MM), np.tanh(d_next / SDF_SCALE_MM),
+            np.tanh(d_prev2 / SDF_SCALE_MM), np.tanh(d_next2 / SDF_SCALE_MM),
             np.tanh(near / DIST_SCALE_MM), np.tanh(beyond / DIST_SCALE_MM),
             np.tanh(gap * ev.step_mm / DIST_SCALE_MM), np.ones_like(s),
         ], axis=1)

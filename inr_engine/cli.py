@@ -1,0 +1,297 @@
+"""``inr-engine``: shape completion, prior training and prior management from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_output
+from .frames import GeometryError
+from .io import VolumeError
+from .methods.slices import SliceError
+from .priors import PriorError
+
+USER_ERRORS = (VolumeError, SliceError, PriorError, GeometryError, FileNotFoundError)
+HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work."""
+
+
+def parse_slices(text: str | None) -> dict[int, list[int]] | None:
+    """``"2:10,18,26;0:30"`` -> ``{2: [10, 18, 26], 0: [30]}`` (axis: voxel indices)."""
+    if not text:
+        return None
+    out: dict[int, list[int]] = {}
+    try:
+        for part in text.split(";"):
+            axis, idx = part.split(":")
+            out[int(axis)] = [int(i) for i in idx.split(",") if i.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--slices {text!r}: expected AXIS:I,J,...[;AXIS:...], e.g. 2:10,18,26") from exc
+    if any(a not in (0, 1, 2) for a in out):
+        raise UsageError("--slices: axes are 0, 1 or 2")
+    return out
+
+
+def _write_json(path: str | Path, data: dict) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2))
+
+
+def _check_outputs(args) -> None:
+    from .io import file_format
+    from .mesh import MESH_SUFFIXES
+
+    file_format(args.output)
+    if args.mesh and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
+        raise UsageError(f"--mesh {args.mesh}: use one of {', '.join(MESH_SUFFIXES)}")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise UsageError("--output would overwrite the input; choose another file")
+
+
+# --------------------------------------------------------------------------- complete
+def run_complete(args) -> dict:
+    """Complete a sparse label map file; writes the outputs only when everything succeeded."""
+    from tqdm import tqdm
+
+    from .complete import complete_labelmap
+    from .io import read_volume, write_volume
+    from .methods.shape_completion import ShapeCompleter
+    from .priors import load_prior
+    from .runtime import resolve_device, seed_everything
+
+    _check_outputs(args)
+    seed_everything(args.seed)
+    t_start = time.perf_counter()
+    volume = read_volume(args.input)
+    completer = ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"),
+                                          resolve_device(args.device))
+    t_loaded = time.perf_counter()
+    steps = completer.cfg.default_steps if args.steps is None else args.steps
+    if steps < 0:
+        raise UsageError("--steps must be >= 0")
+    bars: dict[int, tqdm] = {}
+
+    def on_step(label, st):
+        if label not in bars:
+            bars[label] = tqdm(total=steps, desc=f"label {label}: fitting", unit="step", leave=False,
+                               disable=args.quiet)
+        bars[label].update(1)
+        bars[label].set_postfix(loss=f"{st.loss:.4f}")
+
+    result = complete_labelmap(volume.array, volume.affine, completer, steps, args.label,
+                               parse_slices(args.slices), args.mesh_step if args.mesh else None, on_step)
+    for bar in bars.values():
+        bar.close()
+    report = {"input": str(args.input), "output": str(args.output), "mesh": args.mesh,
+              "prior": {"name": completer.prior.name, "path": str(completer.prior.path)},
+              **result.report, "load_seconds": t_loaded - t_start}
+    if args.reference:
+        report["dice"] = _dice_against(args.reference, volume, result.labels)
+    _write_outputs(args, volume, result, report, write_volume)
+    return report
+
+
+def _dice_against(reference: str, volume, labels: np.ndarray) -> dict[str, float]:
+    from .io import read_volume
+    from .methods.shape_training import dice
+
+    ref = read_volume(reference)
+    if ref.shape != volume.shape or not np.allclose(ref.affine, volume.affine, atol=1e-4):
+        raise GeometryError(f"--reference {reference} is not on the input's grid")
+    return {str(lab): dice(labels == lab, ref.array == lab) for lab in np.unique(labels) if lab != 0}
+
+
+def _write_outputs(args, volume, result, report, write_volume) -> None:
+    from vtkmodules.vtkFiltersCore import vtkAppendPolyData
+
+    from .mesh import write_mesh
+
+    written: list[Path] = []
+    try:
+        written.append(write_volume(args.output, result.labels, volume))
+        if args.mesh:
+            append = vtkAppendPolyData()
+            for surface in result.surfaces.values():
+                append.AddInputData(surface)
+            append.Update()
+            written.append(write_mesh(args.mesh, append.GetOutput()))
+        if args.report:
+            _write_json(args.report, report)
+            written.append(Path(args.report))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- demo
+def run_demo(args) -> dict:
+    """Complete the shipped sparse sample with the bundled prior; label map, mesh, PNG, Dice."""
+    out = Path(args.out)
+    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    sample = next(s for s in samples["samples"] if s.get("demo"))
+    ns = argparse.Namespace(input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"),
+                            mesh=str(out / "completed.stl"), prior=sample["prior"], steps=None,
+                            device=args.device, report=str(out / "report.json"), label=None, slices=None,
+                            mesh_step=1.0, seed=0, quiet=args.quiet, reference=str(SAMPLES_DIR / sample["reference"]))
+    report = run_complete(ns)
+    from .overview import write_overview
+
+    write_overview(out / "overview.png", ns.input, ns.output, ns.reference, report)
+    print(f"completed {sample['file']} with prior '{sample['prior']}':")
+    for lab, d in report["dice"].items():
+        print(f"  label {lab}: Dice {d:.3f} against the full ground truth")
+    phases = report["labels"][next(iter(report["labels"]))]["phases"]
+    print("  phases (s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+    print(f"outputs in {out}/: completed.nii.gz, completed.stl, overview.png, report.json")
+    return report
+
+
+# --------------------------------------------------------------------------- train
+def run_train_shape(args) -> dict:
+    import torch
+
+    from .datasets import adrenal_shapes, hn_shapes, hn_split, label_directory_shapes
+    from .methods.shape_completion import ShapeConfig
+    from .methods.shape_training import train_shape_prior
+    from .runtime import resolve_device
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    overrides = dict(kv.split("=", 1) for kv in args.config or [])
+    fields = ShapeConfig.__dataclass_fields__
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise UsageError(f"unknown --config keys {sorted(unknown)}; known: {sorted(fields)}")
+    cfg = ShapeConfig(**{k: type(fields[k].default)(v) for k, v in overrides.items()})
+    if args.dataset == "adrenalmnist3d":
+        train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
+        settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
+        split = {"train": "npz train split (all)", "validation": "npz val split"}
+    elif args.dataset == "hn-oar":
+        train_scans, val_scans = hn_split(args.data, n_val=args.val_scans, seed=args.split_seed)
+        train = hn_shapes(args.data, train_scans, cache_dir=args.cache_dir)
+        val = hn_shapes(args.data, val_scans, raters=("oncologist",), organs=HN_VALIDATION_ORGANS,
+                        cache_dir=args.cache_dir)
+        settings = [("axial", 8), ("axial", 4)]
+        split = {"train": train_scans, "validation": val_scans, "split_seed": args.split_seed}
+    else:
+        shapes = label_directory_shapes(args.data)
+        rng = np.random.default_rng(args.split_seed)
+        order = rng.permutation(len(shapes))
+        n_val = max(1, len(shapes) // 10)
+        val, train = [shapes[i] for i in order[:n_val]], [shapes[i] for i in order[n_val:]]
+        settings = [("axial", 8), ("axial", 4)]
+        split = {"validation": [s.name for s in val], "split_seed": args.split_seed}
+    if args.max_val:
+        val = val[: args.max_val]
+    training = {"dataset": args.dataset, "data": str(args.data), "shapes_train": len(train),
+                "shapes_val": len(val), "split": split, "command": " ".join(sys.argv)}
+    return train_shape_prior(train, val, cfg, args.out, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
+                             seed=args.seed, device=resolve_device(args.device), settings=settings,
+                             description=args.description or f"shape completion prior ({args.dataset})",
+                             training_data=training, log_path=args.log, time_limit_s=args.time_limit)
+
+
+# --------------------------------------------------------------------------- priors
+def run_priors(args) -> dict:
+    from .priors import BUNDLED_DIR, bundled_priors, load_prior
+
+    if args.action == "list":
+        entries = bundled_priors()
+        for name, e in entries.items():
+            print(f"{name:24s} {e['task']:18s} {e['description']}")
+        print(f"({BUNDLED_DIR})")
+        return entries
+    prior = load_prior(args.prior)  # verifies format, metadata and checksum
+    meta = dict(prior.metadata)
+    if args.action == "show":
+        print(json.dumps(meta, indent=2))
+    else:
+        print(f"{prior.path}: OK ({meta['task']}, {sum(t.numel() for t in prior.tensors.values())} values)")
+    return meta
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inr-engine", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("complete", help="complete a sparse label map (a few annotated slices) into a 3D shape")
+    c.add_argument("input", help="sparse label map (.nii, .nii.gz, .nrrd): annotated slices, 0 elsewhere")
+    c.add_argument("--output", required=True, help="dense label map on exactly the input's grid")
+    c.add_argument("--mesh", help="surface mesh (.stl, .ply, .vtp; LPS coordinates as 3D Slicer expects)")
+    c.add_argument("--mesh-step", type=float, default=1.0, help="mesh sampling in voxels (0.5 = twice as fine)")
+    c.add_argument("--prior", default="adrenal", help="bundled prior name or prior file (default: adrenal)")
+    c.add_argument("--steps", type=int, help="fitting steps on the annotated slices (default: the prior's)")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    c.add_argument("--report", help="JSON report: slices used, per-step loss, time of each phase")
+    c.add_argument("--label", type=int, help="complete only this label (default: every label)")
+    c.add_argument("--slices", help="annotated slices, e.g. '2:10,18,26;0:30' (default: found automatically)")
+    c.add_argument("--reference", help="full ground-truth label map: adds Dice to the report")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=run_complete)
+
+    d = sub.add_parser("demo", help="complete the shipped sample with the bundled prior")
+    d.add_argument("--out", default="inr-engine-demo", help="output folder (default: ./inr-engine-demo)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=run_demo)
+
+    t = sub.add_parser("train", help="train a prior on your own data")
+    tsub = t.add_subparsers(dest="method", required=True)
+    ts = tsub.add_parser("shape", help="meta-learn a shape-completion prior")
+    ts.add_argument("--dataset", choices=["adrenalmnist3d", "hn-oar", "labels"], default="labels",
+                    help="adrenalmnist3d (.npz), hn-oar (DeepMind head-and-neck folder) or labels (a folder of "
+                         "NIfTI/NRRD label maps: every label of every file is a training shape)")
+    ts.add_argument("--data", required=True)
+    ts.add_argument("--out", required=True, help="prior file to write (.safetensors)")
+    ts.add_argument("--steps", type=int, default=4000, help="outer (meta) steps")
+    ts.add_argument("--meta-batch", type=int, default=8)
+    ts.add_argument("--lr", type=float, default=3e-4, help="outer Adam learning rate")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--split-seed", type=int, default=0)
+    ts.add_argument("--val-scans", type=int, default=5, help="hn-oar: validation scans")
+    ts.add_argument("--max-val", type=int, default=24, help="validation shapes scored during training")
+    ts.add_argument("--config", nargs="*", help="ShapeConfig overrides, e.g. hidden_features=96 scale_mm=60")
+    ts.add_argument("--device", default="auto")
+    ts.add_argument("--threads", type=int, help="torch CPU threads")
+    ts.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    ts.add_argument("--log", help="JSON-lines training log")
+    ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")
+    ts.add_argument("--description")
+    ts.set_defaults(func=run_train_shape)
+
+    pr = sub.add_parser("priors", help="list, show or verify priors")
+    pr.add_argument("action", choices=["list", "show", "verify"])
+    pr.add_argument("prior", nargs="?", default="adrenal", help="bundled name or file (show, verify)")
+    pr.set_defaults(func=run_priors)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UsageError, *USER_ERRORS) as exc:
+        print(f"inr-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "CUDA" not in str(exc) and "cuda" not in str(exc):
+            raise
+        print(f"inr-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
