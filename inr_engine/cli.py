@@ -16,7 +16,7 @@ from .io import VolumeError
 from .methods.slices import SliceError
 from .priors import PriorError
 
-USER_ERRORS = (VolumeError, SliceError, PriorError, GeometryError, FileNotFoundError)
+USER_ERRORS = (VolumeError, SliceError, PriorError, GeometryError, OSError)
 HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 
@@ -53,8 +53,10 @@ def _check_outputs(args) -> None:
     file_format(args.output)
     if args.mesh and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
         raise UsageError(f"--mesh {args.mesh}: use one of {', '.join(MESH_SUFFIXES)}")
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise UsageError("--output would overwrite the input; choose another file")
+    paths = [Path(p).resolve() for p in (args.input, args.output, args.mesh, args.report) if p]
+    if len(set(paths)) != len(paths):
+        raise UsageError("--output, --mesh and --report must differ from each other and from the input: "
+                         "one would overwrite another")
 
 
 # --------------------------------------------------------------------------- complete
@@ -142,7 +144,8 @@ def run_demo(args) -> dict:
     ns = argparse.Namespace(input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"),
                             mesh=str(out / "completed.stl"), prior=sample["prior"], steps=None,
                             device=args.device, report=str(out / "report.json"), label=None, slices=None,
-                            mesh_step=1.0, seed=0, quiet=args.quiet, reference=str(SAMPLES_DIR / sample["reference"]))
+                            mesh_step=1.0, seed=0, quiet=args.quiet,
+                            reference=str(SAMPLES_DIR / sample["ground_truth"]))
     report = run_complete(ns)
     from .overview import write_overview
 

@@ -18,6 +18,8 @@ from .mesh import surface_from_logits
 from .methods.shape_completion import ShapeCompleter
 from .methods.slices import SliceError
 
+MAX_LABELS = 255
+
 StepCallback = Callable[[int, FitStep], None]  # (label, step) after every fitting step
 
 
@@ -41,6 +43,9 @@ def input_labels(array: np.ndarray) -> list[int]:
     if values.min() < 0:
         raise SliceError("label maps must not contain negative labels")
     labels = [int(v) for v in values if v != 0]
+    if len(labels) > MAX_LABELS:
+        raise SliceError(f"the input has {len(labels)} distinct values: expected a label map (at most {MAX_LABELS} "
+                         "labels), not an image")
     if not labels:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
     return labels
@@ -60,7 +65,7 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
         labels = [label]
     steps = completer.cfg.default_steps if steps is None else steps
     best = np.zeros(array.shape, np.float32)
-    out = np.zeros(array.shape, array.dtype if np.issubdtype(array.dtype, np.integer) else np.uint8)
+    out = np.zeros(array.shape, _label_dtype(array, max(labels)))
     result = Completion(out, report={"labels": {}, "steps": steps, "device": str(completer.device),
                                      "torch_threads": torch.get_num_threads()})
     for lab in labels:
@@ -81,6 +86,13 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
         entry["voxels"] = int((out == lab).sum())
         result.report["labels"][str(lab)] = entry
     return result
+
+
+def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
+    """The input's integer type, or for float label maps the smallest unsigned type that holds them."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array.dtype
+    return np.min_scalar_type(largest)
 
 
 def _complete_one(mask, affine, completer, steps, slices, on_step, lab):

@@ -20,6 +20,9 @@ Params = dict[str, torch.Tensor]
 
 @dataclass
 class FitStep:
+    """One step's result. ``params`` are the live tensors the next step keeps updating:
+    clone them to keep this step's state."""
+
     step: int
     loss: float
     params: Params

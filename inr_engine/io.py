@@ -58,8 +58,8 @@ def read_volume(path: str | Path) -> Volume:
         raise VolumeError(f"{path}: no such file")
     try:
         volume = _read_nifti(path) if fmt == "nifti" else _read_nrrd(path)
-    except (VolumeError, GeometryError):
-        raise
+    except (VolumeError, GeometryError) as exc:
+        raise VolumeError(f"{path}: {exc}") from exc
     except Exception as exc:  # nibabel and pynrrd raise many types for corrupt files
         raise VolumeError(f"{path}: unreadable {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
     array = volume.array
@@ -84,6 +84,8 @@ def _read_nifti(path: Path) -> Volume:
 
 def _read_nrrd(path: Path) -> Volume:
     data, header = nrrd.read(str(path))
+    if data.ndim not in (3, 4):  # reported as a dimensionality error by read_volume
+        return Volume(data, np.eye(4), header, "nrrd")
     return Volume(data, _nrrd_affine(header), header, "nrrd")
 
 

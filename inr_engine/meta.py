@@ -49,6 +49,8 @@ class MetaLearner(nn.Module):
         super().__init__()
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown meta-learning algorithm {algorithm!r}; choose from {ALGORITHMS}")
+        if inner_steps < 1:
+            raise ValueError("meta-learning needs at least one inner step")
         self.model = model
         self.algorithm = algorithm
         self.inner_steps = int(inner_steps)

@@ -152,4 +152,7 @@ def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise PriorError(f"{path}: tensors unreadable ({exc})") from exc
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise PriorError(f"{path}: tensors {bad[:3]} hold NaN or infinite values (corrupted or diverged prior)")
     return Prior(meta, tensors, path)

@@ -58,7 +58,7 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     result = TrainResult(0, 0.0)
     start = time.perf_counter()
-    running = 0.0
+    running, since_log = 0.0, 0
     for step in range(1, steps + 1):
         ctx, tgt = _to(next_batch(), device)
         loss = model(ctx, tgt, loss_fn)
@@ -68,11 +68,12 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
         opt.step()
         sched.step()
         running += float(loss.detach())
+        since_log += 1
         result.steps = step
         out_of_time = time_limit_s is not None and time.perf_counter() - start > time_limit_s
         if rank == 0 and (step % validate_every == 0 or step == steps or out_of_time):
-            entry = {"step": step, "train_loss": running / validate_every, "seconds": time.perf_counter() - start}
-            running = 0.0
+            entry = {"step": step, "train_loss": running / since_log, "seconds": time.perf_counter() - start}
+            running, since_log = 0.0, 0
             if validate is not None:
                 entry.update(validate(learner))
                 if result.best is None or entry[score_key] > result.best[score_key]:

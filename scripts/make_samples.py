@@ -105,6 +105,8 @@ def adrenal_samples(data_root: Path, out: Path) -> list[dict]:
                 every=every,
                 kept_slices=kept,
                 ground_truth=full_path.name,
+                prior="adrenal",
+                demo=index == ADRENAL_SAMPLES[0][0],
             )
         )
     return entries
@@ -140,6 +142,7 @@ def hn_samples(data_root: Path, out: Path) -> list[dict]:
             every=HN_EVERY,
             kept_slices=kept,
             ground_truth=full_path.name,
+            prior="head-neck-organs",
         ),
     ]
 

@@ -125,23 +125,31 @@ def _box_voxels(lo, hi) -> np.ndarray:
     return np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
 
 
-def _context_candidates(sparse: np.ndarray, evidence: SliceEvidence, lo, hi):
-    """Voxels on annotated slices inside the box, with labels and |signed distance| (mm)."""
-    ijks, labels, dists = [], [], []
+def _held_out_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi):
+    """Every annotated voxel inside the box, described by the evidence of the *other* slices.
+
+    On an annotated slice the full evidence already states the label, so fitting to it would
+    teach nothing; predicting each slice from its neighbours (leave one slice out) is the
+    case's own interpolation problem, and gives the test-time fit a signal.
+    Returns (ijk, evidence features, labels, |signed distance| in mm).
+    """
+    ijks, feats, labels, dists = [], [], [], []
     for a, ax in evidence.axes.items():
         plane = [b for b in range(3) if b != a]
+        uv = np.stack(np.meshgrid(np.arange(lo[plane[0]], hi[plane[0]]),
+                                  np.arange(lo[plane[1]], hi[plane[1]]), indexing="ij"), -1).reshape(-1, 2)
         for n, pos in enumerate(ax.positions.astype(int)):
             if not lo[a] <= pos < hi[a]:
                 continue
-            uv = np.stack(np.meshgrid(np.arange(lo[plane[0]], hi[plane[0]]),
-                                      np.arange(lo[plane[1]], hi[plane[1]]), indexing="ij"), -1).reshape(-1, 2)
             ijk = np.empty((len(uv), 3), int)
             ijk[:, a] = pos
             ijk[:, plane] = uv
             ijks.append(ijk)
+            feats.append(evidence.without(a, n).features(ijk))
             labels.append(sparse[tuple(ijk.T)])
             dists.append(np.abs(ax.sdf[n][tuple(uv.T)]))
-    return np.concatenate(ijks), np.concatenate(labels).astype(np.float32), np.concatenate(dists)
+    return (np.concatenate(ijks), np.concatenate(feats), np.concatenate(labels).astype(np.float32),
+            np.concatenate(dists))
 
 
 def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndarray) -> np.ndarray:
@@ -172,11 +180,12 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     fg = np.argwhere(sparse)
     centre = ijk_to_ras((fg.min(0) + fg.max(0)) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
-    ijk, labels, dist = _context_candidates(sparse, evidence, lo, hi)
+    ijk, feats, labels, dist = _held_out_context(sparse, evidence, lo, hi)
     rng = np.random.default_rng(0) if rng is None else rng
     band = 2.0 * float(evidence.spacing.max())
     pick = _balanced_sample(rng, len(ijk), cfg.context_points, dist <= band)
-    context = _inputs(evidence, frame, affine, ijk[pick]) + (torch.from_numpy(labels[pick]),)
+    context = (torch.from_numpy(frame.ijk_to_network(ijk[pick], affine)), torch.from_numpy(feats[pick]),
+               torch.from_numpy(labels[pick]))
     return Case(evidence, np.asarray(affine, np.float64), frame, lo, hi, context,
                 {"prepare": time.perf_counter() - t0})
 

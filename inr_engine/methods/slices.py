@@ -19,6 +19,7 @@ it (a 45-degree taper rather than an extrusion).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,25 +39,48 @@ class SliceError(ValueError):
 def find_annotated_slices(sparse: np.ndarray) -> dict[int, list[int]]:
     """Axis -> indices of annotated slices, found from the foreground alone.
 
-    Peels the foreground greedily: the axis whose foreground lies in the fewest slices is
-    taken as annotated along those slices, their voxels are removed, and the rest (if any)
-    is explained by slices along other axes. Orthogonal annotations are recovered this way.
+    A slice is annotated when its foreground is two-dimensional there (it holds a 2x2 block
+    in the slice plane): a slice across other annotated slices only meets them in lines, so
+    orthogonal annotations are told apart. Foreground left unexplained (structures one voxel
+    thin) is peeled off along the axis where it lies in the fewest slices.
     """
-    remaining = np.asarray(sparse) > 0
-    if not remaining.any():
+    fg = np.asarray(sparse) > 0
+    if not fg.any():
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    found: dict[int, list[int]] = {}
+    found: dict[int, set[int]] = {}
+    for axis in range(3):
+        b, c = (x for x in range(3) if x != axis)
+        idx = np.flatnonzero(_in_plane_blocks(fg, b, c).any(axis=(b, c)))
+        if len(idx):
+            found[axis] = set(idx.tolist())
+    remaining = fg & ~_covered(fg.shape, found)
     while remaining.any():
-        occupied = {a: np.flatnonzero(remaining.any(axis=tuple(b for b in range(3) if b != a)))
-                    for a in range(3) if a not in found}
-        if not occupied:
-            break
+        occupied = {a: np.flatnonzero(remaining.any(axis=tuple(x for x in range(3) if x != a))) for a in range(3)}
         axis = min(occupied, key=lambda a: len(occupied[a]))
-        found[axis] = occupied[axis].tolist()
+        found.setdefault(axis, set()).update(occupied[axis].tolist())
+        remaining &= ~_covered(fg.shape, {axis: set(occupied[axis].tolist())})
+    return {a: sorted(v) for a, v in sorted(found.items())}
+
+
+def _in_plane_blocks(fg: np.ndarray, b: int, c: int) -> np.ndarray:
+    """True where a voxel and its +1 neighbours along ``b``, along ``c`` and along both are foreground."""
+
+    def part(shift_b: bool, shift_c: bool) -> np.ndarray:
         index = [slice(None)] * 3
-        index[axis] = occupied[axis]
-        remaining[tuple(index)] = False
-    return found
+        index[b] = slice(1, None) if shift_b else slice(None, -1)
+        index[c] = slice(1, None) if shift_c else slice(None, -1)
+        return fg[tuple(index)]
+
+    return part(False, False) & part(True, False) & part(False, True) & part(True, True)
+
+
+def _covered(shape, slices: dict[int, set[int]]) -> np.ndarray:
+    covered = np.zeros(shape, bool)
+    for axis, idx in slices.items():
+        index = [slice(None)] * 3
+        index[axis] = sorted(idx)
+        covered[tuple(index)] = True
+    return covered
 
 
 def sparsify(mask: np.ndarray, axis: int, every: int, offset: int | None = None) -> tuple[np.ndarray, list[int]]:
@@ -125,6 +149,22 @@ class SliceEvidence:
             if s.any():
                 cents[n] = ndimage.center_of_mass(s)
         return _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]))
+
+    def without(self, axis: int, n: int) -> SliceEvidence:
+        """The evidence without the ``n``-th annotated slice along ``axis`` (nothing recomputed)."""
+        other = copy.copy(self)
+        ev = self.axes[axis]
+        keep = np.arange(len(ev.positions)) != n
+        other.axes = dict(self.axes)
+        other.slices = dict(self.slices)
+        if keep.any():
+            other.axes[axis] = _AxisEvidence(ev.positions[keep], ev.sdf[keep], ev.centroids[keep], ev.step_mm)
+            other.slices[axis] = [p for i, p in enumerate(self.slices[axis]) if i != n]
+        else:
+            del other.axes[axis], other.slices[axis]
+        if not other.axes:
+            raise SliceError("cannot leave out the only annotated slice")
+        return other
 
     def known_mask(self) -> np.ndarray:
         """Voxels whose label is known (those on annotated slices)."""

@@ -1,0 +1,515 @@
+"""Sparse-slice shape completion on held-out shapes: our method beside the baselines.
+
+Protocol and metrics: ``docs/evaluation.md`` (shared). Methods, on the same sparse inputs
+(``sparsify``: every w-th slice, starting w // 2 after the object's first slice):
+
+* ours: the bundled prior (``adrenal``, ``head-neck-organs``), after 0, 1, 5 and 50 steps;
+* random SIREN, B.(ii) pretrained SIREN, B.(i) auto-decoder (``inr_engine.baselines.coordinate_inr``),
+  after 1, 5 and 50 steps; B.(i) and B.(ii) are trained on the training split first (cached
+  under ``runs/baselines``);
+* Fill between slices (3D Slicer, ITK morphological contour interpolation);
+* head and neck: the inter-rater agreement (oncologist vs radiographer, full masks).
+
+Settings: AdrenalMNIST3D validation split, w = 4 and 8 along each axis; head-and-neck validation
+scans (``hn_split``), every 4th and 8th axial slice of the oncologist's mask, per organ.
+Metrics: Dice, HD95 and symmetric ASD in mm (MONAI), time per completion. A timing section
+runs whole completions (prepare, fit 5 steps, decode, mesh) of 64^3, 128^3 and 256^3 grids.
+
+Example (see ``--help``)::
+
+    PYTHONPATH=. python benchmarks/shape_completion.py --dataset all --baseline-train-seconds 1800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inr_engine.baselines.coordinate_inr import CACHE_DIR, CoordinateBaseline, timed_checkpoints
+from inr_engine.baselines.coordinate_inr import baselines as coordinate_baselines
+from inr_engine.baselines.fill_between_slices import fill_between_slices
+from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
+from inr_engine.frames import spacing
+from inr_engine.methods.shape_completion import Case, ShapeCompleter
+from inr_engine.methods.shape_training import axial_axis, dice
+from inr_engine.methods.slices import SliceError, sparsify
+from inr_engine.priors import load_prior, sha256
+
+ADRENAL_NPZ = "/work/shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
+HN_ROOT = "/work/shared/data/deepmind_hn_oar"
+OURS, FBS, INTER_RATER = "ours", "Fill between slices", "inter-rater"
+OURS_STEPS, BASELINE_STEPS = (0, 1, 5, 50), (1, 5, 50)
+PLOT_EVERY = 8
+Completions = dict[int, tuple[np.ndarray, float]]  # step -> (labelmap, seconds)
+
+
+@dataclass
+class Dataset:
+    key: str
+    prior: str  # bundled prior name or path
+    val: list[Shape]  # held-out shapes (ground truth)
+    settings: list[tuple[str, int]]  # (axis: "0"/"1"/"2"/"axial", every)
+    train: Callable[[], list[Shape]]  # training shapes of the B.(i)/B.(ii) baselines (read lazily)
+    train_key: str  # names the trained baselines' cache files
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- data
+def hn_shapes_cached(root: str, scans: Iterable[str], rater: str, organs: list[str] | None = None,
+                     limit: int | None = None, cache: Path = CACHE_DIR / "hn_shapes") -> list[Shape]:
+    """``hn_shapes`` of one rater, scan by scan, cached as ``.npz`` (reading the NRRDs takes ~15 s a scan);
+    stops once ``limit`` shapes are read."""
+    out: list[Shape] = []
+    for scan in scans:
+        path = cache / f"{scan}-{rater}.npz"
+        if not path.is_file():
+            shapes = hn_shapes(root, [scan], (rater,))
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, names=np.array([s.name for s in shapes]),
+                                affines=np.stack([s.affine for s in shapes]),
+                                **{f"mask{n}": s.mask for n, s in enumerate(shapes)})
+        with np.load(path) as data:
+            out += [Shape(data[f"mask{n}"], data["affines"][n], str(name)) for n, name in enumerate(data["names"])
+                    if organs is None or organ_of(str(name)) in organs]
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def organ_of(name: str) -> str:
+    return name.split("/")[-1]
+
+
+def datasets(args: argparse.Namespace) -> list[Dataset]:
+    out = []
+    if args.dataset in ("adrenal", "all"):
+        val = adrenal_shapes(args.adrenal_npz, "val")[: args.max_shapes]
+        out.append(Dataset("adrenal", args.prior_adrenal, val, [(str(a), w) for w in (4, 8) for a in range(3)],
+                           lambda: adrenal_shapes(args.adrenal_npz, "train"), "adrenal"))
+    if args.dataset in ("hn", "all"):
+        train_scans, val_scans = hn_split(args.hn_root)
+        val = hn_shapes_cached(args.hn_root, val_scans, "oncologist", args.organs, args.max_shapes)
+        train_scans = train_scans[: args.hn_train_scans]
+
+        def train() -> list[Shape]:
+            return [s for r in ("oncologist", "radiographer") for s in hn_shapes_cached(args.hn_root, train_scans, r)]
+
+        key = "hn" if args.hn_train_scans is None else f"hn{len(train_scans)}scans"
+        out.append(Dataset("hn", args.prior_hn, val, [("axial", 4), ("axial", 8)], train, key))
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+def _box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
+    fg = np.argwhere(mask)
+    lo = np.maximum(fg.min(0) - margin, 0)
+    hi = np.minimum(fg.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def _onehot(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack([~mask, mask])[None].astype(np.float32))
+
+
+def score(pred: np.ndarray, truth: np.ndarray, spc: np.ndarray) -> dict[str, float]:
+    """Dice, HD95 and symmetric ASD (mm, MONAI) of binary masks; distances NaN if either is empty."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    out = {"dice": dice(pred, truth), "hd95": float("nan"), "asd": float("nan")}
+    if not pred.any() or not truth.any():
+        return out
+    box = _box(pred | truth)
+    p, t = _onehot(pred[box]), _onehot(truth[box])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["hd95"] = float(compute_hausdorff_distance(p, t, include_background=False, percentile=95,
+                                                       spacing=spc.tolist()))
+        out["asd"] = float(compute_average_surface_distance(p, t, include_background=False, symmetric=True,
+                                                            spacing=spc.tolist()))
+    return out
+
+
+def on_common_grid(a: Shape, b: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Two crops of the same scan's grid pasted into their union box."""
+    if not np.allclose(a.affine[:3, :3], b.affine[:3, :3]):
+        raise ValueError(f"{a.name} and {b.name} are not on the same voxel grid")
+    offset = np.rint(np.linalg.solve(a.affine[:3, :3], b.affine[:3, 3] - a.affine[:3, 3])).astype(int)
+    lo = np.minimum(0, offset)
+    hi = np.maximum(a.mask.shape, offset + np.asarray(b.mask.shape))
+    out = []
+    for mask, start in ((a.mask, -lo), (b.mask, offset - lo)):
+        grid = np.zeros(hi - lo, bool)
+        grid[tuple(slice(s, s + n) for s, n in zip(start, mask.shape))] = mask
+        out.append(grid)
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- methods
+def complete_ours(completer: ShapeCompleter, sparse: np.ndarray, affine: np.ndarray, axis: int, kept: list[int],
+                  steps: Iterable[int]) -> tuple[Completions, Case]:
+    """Our completion after each of ``steps``; seconds = prepare + fit to that step + decode."""
+    start = time.perf_counter()
+    case = completer.prepare(sparse, affine, {axis: kept})
+    prepare_s = time.perf_counter() - start
+    wanted = sorted(set(steps))
+    out = {}
+    if 0 in wanted:
+        start = time.perf_counter()
+        out[0] = (completer.labelmap(case), prepare_s + time.perf_counter() - start)
+    for st, fit_s in timed_checkpoints(completer.fit(case, max(wanted)), wanted):
+        start = time.perf_counter()
+        out[st.step] = (completer.labelmap(case, st.params), prepare_s + fit_s + time.perf_counter() - start)
+    return out, case
+
+
+def run_case(shape: Shape, axis: int, every: int, completer: ShapeCompleter,
+             coordinate: dict[str, CoordinateBaseline], steps: dict[str, tuple[int, ...]]) -> list[dict]:
+    """Every method on one sparse input; one row per (method, step); ``steps``: ``ours`` and ``baselines``.
+
+    An input of one slice (small objects at large w) is refused by the INR methods (they need the
+    extent along the axis); their completion is then the sparse input, flagged ``fallback``.
+    """
+    sparse, kept = sparsify(shape.mask, axis, every)
+    spc = spacing(shape.affine)
+    rows = []
+
+    def add(method: str, step: int | None, pred: np.ndarray, seconds: float, fallback: bool = False) -> None:
+        rows.append({"method": method, "step": step, **score(pred, shape.mask, spc), "seconds": seconds,
+                     "fallback": fallback})
+
+    start = time.perf_counter()
+    filled = fill_between_slices(sparse, axis)
+    add(FBS, None, filled, time.perf_counter() - start)
+    try:
+        ours, case = complete_ours(completer, sparse, shape.affine, axis, kept, steps["ours"])
+    except SliceError:
+        for method, kind in [(OURS, "ours")] + [(name, "baselines") for name in coordinate]:
+            for step in steps[kind]:
+                add(method, step, sparse, 0.0, fallback=True)
+        return rows
+    for step, (labelmap, seconds) in ours.items():
+        add(OURS, step, labelmap, seconds)
+    for name, baseline in coordinate.items():
+        for step, (labelmap, seconds) in baseline.fit_and_decode(case, steps["baselines"]).items():
+            add(name, step, labelmap, seconds)
+    return rows
+
+
+def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, CoordinateBaseline],
+                steps: dict[str, tuple[int, ...]]) -> list[dict]:
+    rows = []
+    for n, shape in enumerate(ds.val):
+        start = time.perf_counter()
+        for axis_name, every in ds.settings:
+            axis = axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
+            setting = f"{'axis' if axis_name.isdigit() else ''}{axis_name}-w{every}"
+            for row in run_case(shape, axis, every, completer, coordinate, steps):
+                rows.append({"dataset": ds.key, "setting": setting, "shape": shape.name,
+                             "organ": organ_of(shape.name) if ds.key == "hn" else None, **row})
+        log(f"{ds.key} {n + 1}/{len(ds.val)} {shape.name}: {time.perf_counter() - start:.1f} s")
+    return rows
+
+
+def inter_rater(root: str, val: list[Shape]) -> list[dict]:
+    """Oncologist vs radiographer full masks of the validation shapes, on their common grid."""
+    scans = sorted({s.name.split("/")[0] for s in val})
+    other = {(s.name.split("/")[0], organ_of(s.name)): s for s in hn_shapes_cached(root, scans, "radiographer")}
+    rows = []
+    for shape in val:
+        match = other.get((shape.name.split("/")[0], organ_of(shape.name)))
+        if match is None:
+            continue
+        a, b = on_common_grid(shape, match)
+        rows.append({"dataset": "hn", "setting": "full masks", "shape": shape.name, "organ": organ_of(shape.name),
+                     "method": INTER_RATER, "step": None, **score(b, a, spacing(shape.affine)), "seconds": None,
+                     "fallback": False})
+    return rows
+
+
+# --------------------------------------------------------------------------- timing section
+def one_completion(completer: ShapeCompleter, sparse: np.ndarray, affine: np.ndarray, axis: int, kept: list[int],
+                   steps: int) -> dict[str, float]:
+    from inr_engine.mesh import surface_from_logits
+
+    phases = {}
+    start = time.perf_counter()
+    case = completer.prepare(sparse, affine, {axis: kept})
+    phases["prepare"] = time.perf_counter() - start
+    start = time.perf_counter()
+    params = None
+    for st in completer.fit(case, steps):
+        params = st.params
+    phases[f"fit_{steps}_steps"] = time.perf_counter() - start
+    start = time.perf_counter()
+    logits, lo = completer.decode(case, params)
+    phases["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    surface = surface_from_logits(logits, lo, 1.0, case.affine)
+    phases["mesh"] = time.perf_counter() - start
+    phases["total"] = sum(phases.values())
+    phases["decoded_points"] = float(logits.size)
+    phases["mesh_points"] = float(surface.GetNumberOfPoints())
+    return phases
+
+
+def timing_section(completer: ShapeCompleter, shape: Shape, repeats: int, steps: int = 5,
+                   gap_mm: int = 8) -> list[dict]:
+    """Whole completions of ``shape`` resampled to 64^3 (1 mm), 128^3 (0.5 mm) and 256^3 (0.25 mm),
+    annotated every ``gap_mm`` mm along axis 0: medians of ``repeats`` runs after a warm-up."""
+    from scipy import ndimage
+
+    out = []
+    for factor in (1, 2, 4):
+        mask = ndimage.zoom(shape.mask.astype(np.uint8), factor, order=0) > 0
+        affine = np.diag([1.0 / factor] * 3 + [1.0])
+        sparse, kept = sparsify(mask, 0, gap_mm * factor)
+        runs = [one_completion(completer, sparse, affine, 0, kept, steps) for _ in range(repeats + 1)][1:]
+        medians = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+        out.append({"grid": f"{mask.shape[0]}^3", "spacing_mm": 1.0 / factor, "every": gap_mm * factor,
+                    "repeats": repeats, **medians})
+        log(f"timing {mask.shape[0]}^3: total {medians['total']:.3f} s")
+    return out
+
+
+# --------------------------------------------------------------------------- summaries
+def summarize(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r)
+    out = []
+    for key, rs in groups.items():
+        hd = np.array([r["hd95"] for r in rs], float)
+        asd = np.array([r["asd"] for r in rs], float)
+        secs = [r["seconds"] for r in rs if r["seconds"] is not None]
+        out.append({**dict(zip(keys, key)), "n": len(rs), "dice": float(np.mean([r["dice"] for r in rs])),
+                    "hd95": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
+                    "asd": float(np.nanmean(asd)) if np.isfinite(asd).any() else float("nan"),
+                    "undefined_distances": int((~np.isfinite(hd)).sum()),
+                    "median_seconds": float(np.median(secs)) if secs else None,
+                    "mean_seconds": float(np.mean(secs)) if secs else None,
+                    "fallbacks": int(sum(r["fallback"] for r in rs))})
+    return out
+
+
+def label(method: str, step: int | None) -> str:
+    return method if step is None else f"{method}, {step} step{'s' if step != 1 else ''}"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _method_order(summary: list[dict]) -> list[tuple[str, int | None]]:
+    rank = {OURS: 0, FBS: 1}
+    keys = {(s["method"], s["step"]) for s in summary if s["method"] != INTER_RATER}
+    return sorted(keys, key=lambda k: (rank.get(k[0], 2), k[0], -1 if k[1] is None else k[1]))
+
+
+def markdown_dataset(key: str, summary: list[dict]) -> str:
+    """Dice per setting (pivot), then every metric per method and setting."""
+    summ = [s for s in summary if s["dataset"] == key and s["method"] != INTER_RATER]
+    settings = sorted({s["setting"] for s in summ}, key=lambda x: (x.split("-w")[1].zfill(3), x))
+    cell = {(s["method"], s["step"], s["setting"]): s for s in summ}
+    pivot = [[label(*m)] + [_fmt(cell[(*m, st)]["dice"]) if (*m, st) in cell else "" for st in settings]
+             for m in _method_order(summ)]
+    long = [[label(*m), st, _fmt(c["dice"]), _fmt(c["hd95"], 2), _fmt(c["asd"], 2),
+             _fmt(1000 * c["median_seconds"], 1) if c["median_seconds"] is not None else "n/a", str(c["n"]),
+             str(c["fallbacks"])]
+            for m in _method_order(summ) for st in settings if (c := cell.get((*m, st)))]
+    return "\n\n".join([
+        f"### {key}: mean Dice", _table(["method"] + settings, pivot),
+        f"### {key}: Dice, HD95 (mm), ASD (mm), median time per completion (ms)",
+        _table(["method", "setting", "Dice", "HD95", "ASD", "time ms", "n", "fallbacks"], long)])
+
+
+def markdown_organs(summary_organs: list[dict]) -> str:
+    """Head and neck: Dice per organ and setting, inter-rater Dice beside it."""
+    cell = {(s["organ"], s["method"], s["step"], s["setting"]): s["dice"] for s in summary_organs}
+    methods = [m for m in _method_order(summary_organs) if m[1] in (None, 0, 5, 50)]
+    organs = sorted({s["organ"] for s in summary_organs})
+    parts = []
+    for setting in sorted({s["setting"] for s in summary_organs} - {"full masks"}):
+        rows = [[organ] + [_fmt(cell.get((organ, *m, setting))) for m in methods]
+                + [_fmt(cell.get((organ, INTER_RATER, None, "full masks")))] for organ in organs]
+        parts += [f"### hn, {setting}: Dice per organ",
+                  _table(["organ"] + [label(*m) for m in methods] + [INTER_RATER], rows)]
+    return "\n\n".join(parts)
+
+
+def markdown_timing(timing: list[dict], info: dict) -> str:
+    phases = [k for k in timing[0] if k not in ("grid", "spacing_mm", "every", "repeats", "decoded_points",
+                                                 "mesh_points")]
+    rows = [[t["grid"], f"{t['spacing_mm']:g}", str(t["every"])] + [_fmt(1000 * t[p], 1) for p in phases]
+            + [f"{int(t['decoded_points'])}"] for t in timing]
+    return "\n\n".join([
+        f"### Whole completion (ours): median ms over {timing[0]['repeats']} runs after a warm-up; "
+        f"{info['device']}, {info['torch_threads']} torch threads, float32",
+        _table(["grid", "spacing mm", "every", *[f"{p} ms" for p in phases], "decoded points"], rows)])
+
+
+def plot(summary: list[dict], keys: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rows = [r for r in summary if r["dataset"] == key and r["method"] != INTER_RATER]
+        for method in sorted({r["method"] for r in rows}, key=lambda m: (m != OURS, m != FBS, m)):
+            pts = sorted((r["step"] or 0, r["mean_seconds"], r["dice"]) for r in rows if r["method"] == method)
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-" if len(pts) > 1 else "s", label=method)
+            for step, x, y in pts:
+                if method != FBS:
+                    ax.annotate(str(step), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("mean time per completion (s, log)")
+        ax.set_ylabel("mean Dice")
+        ax.set_title(f"{key}, every {PLOT_EVERY}th slice (numbers: fitting steps)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- run
+def machine_info() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    code = "import time; t = time.perf_counter(); import inr_engine.methods.shape_completion; " \
+           "print(time.perf_counter() - t)"
+    start = time.perf_counter()
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    return {"device": f"CPU ({cpu})", "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "dtype": "float32", "load_average": os.getloadavg(),
+            "import_seconds": float(imported.stdout.strip() or "nan"),
+            "process_start_and_import_seconds": time.perf_counter() - start}
+
+
+def load_completer(prior: str) -> tuple[ShapeCompleter, dict]:
+    loaded = load_prior(prior)
+    meta = loaded.metadata
+    return ShapeCompleter.from_prior(loaded), {"prior": prior, "path": str(loaded.path), "name": loaded.name,
+                                               "sha256": sha256(loaded.path),
+                                               "training_steps": meta.get("training_steps")}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", choices=["adrenal", "hn", "all"], default="all")
+    p.add_argument("--max-shapes", type=int, default=None, help="first N held-out shapes per dataset (default all)")
+    p.add_argument("--organs", nargs="+", default=None, help="head and neck: only these organs")
+    p.add_argument("--baseline-train-seconds", type=float, default=1800.0,
+                   help="training budget of B.(i) and of B.(ii), each, per dataset (cached in runs/baselines)")
+    p.add_argument("--hn-train-scans", type=int, default=None,
+                   help="head and neck: train B.(i)/B.(ii) on the first N training scans only (quick checks)")
+    p.add_argument("--prior-adrenal", default="adrenal")
+    p.add_argument("--prior-hn", default="head-neck-organs")
+    p.add_argument("--adrenal-npz", default=ADRENAL_NPZ)
+    p.add_argument("--hn-root", default=HN_ROOT)
+    p.add_argument("--steps", type=int, nargs="+", default=list(OURS_STEPS), help="ours: fitting steps to score")
+    p.add_argument("--baseline-steps", type=int, nargs="+", default=list(BASELINE_STEPS),
+                   help="coordinate baselines: fitting steps to score (B.(i)'s paper: 1200)")
+    p.add_argument("--timing-repeats", type=int, default=5, help="0: skip the timing section")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    rows, priors, trained, timing = [], {}, {}, []
+    steps = {"ours": tuple(args.steps), "baselines": tuple(args.baseline_steps)}
+    for ds in datasets(args):
+        completer, priors[ds.key] = load_completer(ds.prior)
+        log(f"{ds.key}: {len(ds.val)} held-out shapes, prior {priors[ds.key]['path']}")
+        coordinate = coordinate_baselines(ds.train_key, ds.train, args.baseline_train_seconds, completer.cfg, args.seed,
+                                          log=lambda m, k=ds.key: log(f"{k} baseline training: {m}"))
+        trained[ds.key] = {name: b.training for name, b in coordinate.items() if b.training is not None}
+        rows += run_dataset(ds, completer, coordinate, steps)
+        if ds.key == "hn":
+            rows += inter_rater(args.hn_root, ds.val)
+        if ds.key == "adrenal" and args.timing_repeats > 0:
+            timing = timing_section(completer, ds.val[0], args.timing_repeats)
+    summary = summarize(rows, ("dataset", "setting", "method", "step"))
+    organs = summarize([r for r in rows if r["dataset"] == "hn"], ("organ", "setting", "method", "step"))
+    keys = sorted({r["dataset"] for r in rows})
+    plot_summary = summarize([r for r in rows if r["setting"].endswith(f"-w{PLOT_EVERY}")], ("dataset", "method",
+                                                                                               "step"))
+    plot(plot_summary, keys, out_dir / "shape_completion_dice_vs_time.png")
+    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "priors": priors,
+              "baseline_training": trained, "steps": steps,
+              "metrics": "Dice; HD95 and symmetric ASD in mm with MONAI (compute_hausdorff_distance percentile=95, "
+                         "compute_average_surface_distance symmetric=True, spacing from the affine)",
+              "summary": summary, "summary_hn_organs": organs, "summary_w8": plot_summary, "timing": timing,
+              "rows": rows}
+    (out_dir / "shape_completion.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+    (out_dir / "shape_completion.md").write_text(markdown(result, keys) + "\n")
+    log(f"wrote {out_dir}/shape_completion.{{json,md}} and shape_completion_dice_vs_time.png")
+    return result
+
+
+def _jsonable(value):
+    """NumPy scalars to Python, NaN and infinity to null (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def markdown(result: dict, keys: list[str]) -> str:
+    info = result["machine"]
+    parts = ["## Shape completion benchmark", f"Command: `{result['command']}`",
+             f"Machine: {info['device']}, {info['cpu_count']} cores, torch {info['torch']} with "
+             f"{info['torch_threads']} threads, float32. Import of the engine: {info['import_seconds']:.2f} s. "
+             "Times are in-process: ours = prepare + fit + decode; coordinate baselines = fit + decode on the "
+             "same prepared case (their context points); Fill between slices = crop + interpolation. "
+             "HD95/ASD: MONAI, mm; n/a where a completion is empty. Fallbacks: inputs of a single slice, "
+             "which the INR methods refuse; their completion is then the sparse input."]
+    parts += [markdown_dataset(k, result["summary"]) for k in keys]
+    if "hn" in keys:
+        parts.append(markdown_organs(result["summary_hn_organs"]))
+    if result["timing"]:
+        parts.append(markdown_timing(result["timing"], info))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # vtkITK (Fill between slices) may crash at interpreter exit
