@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inr_engine.baselines.coordinate_inr import CACHE_DIR, CoordinateBaseline, timed_checkpoints
+from inr_engine.baselines.coordinate_inr import CACHE_DIR, CoordinateBaseline, completions
 from inr_engine.baselines.coordinate_inr import baselines as coordinate_baselines
 from inr_engine.baselines.fill_between_slices import fill_between_slices
 from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
@@ -71,22 +71,12 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- data
-def hn_shapes_cached(root: str, scans: Iterable[str], rater: str, organs: list[str] | None = None,
-                     limit: int | None = None, cache: Path = CACHE_DIR / "hn_shapes") -> list[Shape]:
-    """``hn_shapes`` of one rater, scan by scan, cached as ``.npz`` (reading the NRRDs takes ~15 s a scan);
-    stops once ``limit`` shapes are read."""
+def hn_first_shapes(root: str, scans: Iterable[str], rater: str, organs: list[str] | None, limit: int | None,
+                    cache_dir: str | None) -> list[Shape]:
+    """``hn_shapes`` of one rater, read scan by scan until ``limit`` shapes are read."""
     out: list[Shape] = []
     for scan in scans:
-        path = cache / f"{scan}-{rater}.npz"
-        if not path.is_file():
-            shapes = hn_shapes(root, [scan], (rater,))
-            cache.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, names=np.array([s.name for s in shapes]),
-                                affines=np.stack([s.affine for s in shapes]),
-                                **{f"mask{n}": s.mask for n, s in enumerate(shapes)})
-        with np.load(path) as data:
-            out += [Shape(data[f"mask{n}"], data["affines"][n], str(name)) for n, name in enumerate(data["names"])
-                    if organs is None or organ_of(str(name)) in organs]
+        out += hn_shapes(root, [scan], (rater,), organs, cache_dir=cache_dir)
         if limit is not None and len(out) >= limit:
             return out[:limit]
     return out
@@ -104,11 +94,11 @@ def datasets(args: argparse.Namespace) -> list[Dataset]:
                            lambda: adrenal_shapes(args.adrenal_npz, "train"), "adrenal"))
     if args.dataset in ("hn", "all"):
         train_scans, val_scans = hn_split(args.hn_root)
-        val = hn_shapes_cached(args.hn_root, val_scans, "oncologist", args.organs, args.max_shapes)
+        val = hn_first_shapes(args.hn_root, val_scans, "oncologist", args.organs, args.max_shapes, args.cache_dir)
         train_scans = train_scans[: args.hn_train_scans]
 
         def train() -> list[Shape]:
-            return [s for r in ("oncologist", "radiographer") for s in hn_shapes_cached(args.hn_root, train_scans, r)]
+            return hn_shapes(args.hn_root, train_scans, cache_dir=args.cache_dir)
 
         key = "hn" if args.hn_train_scans is None else f"hn{len(train_scans)}scans"
         out.append(Dataset("hn", args.prior_hn, val, [("axial", 4), ("axial", 8)], train, key))
@@ -167,15 +157,8 @@ def complete_ours(completer: ShapeCompleter, sparse: np.ndarray, affine: np.ndar
     start = time.perf_counter()
     case = completer.prepare(sparse, affine, {axis: kept})
     prepare_s = time.perf_counter() - start
-    wanted = sorted(set(steps))
-    out = {}
-    if 0 in wanted:
-        start = time.perf_counter()
-        out[0] = (completer.labelmap(case), prepare_s + time.perf_counter() - start)
-    for st, fit_s in timed_checkpoints(completer.fit(case, max(wanted)), wanted):
-        start = time.perf_counter()
-        out[st.step] = (completer.labelmap(case, st.params), prepare_s + fit_s + time.perf_counter() - start)
-    return out, case
+    return completions(lambda n: completer.fit(case, n), lambda params: completer.labelmap(case, params), steps,
+                       prepare_s), case
 
 
 def run_case(shape: Shape, axis: int, every: int, completer: ShapeCompleter,
@@ -213,11 +196,17 @@ def run_case(shape: Shape, axis: int, every: int, completer: ShapeCompleter,
 
 def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, CoordinateBaseline],
                 steps: dict[str, tuple[int, ...]]) -> list[dict]:
+    def axis_of(shape: Shape, axis_name: str) -> int:
+        return axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
+
+    axis_name, every = ds.settings[0]  # warm-up (imports, first calls) on a middle-sized shape, not recorded
+    warm = sorted(ds.val, key=lambda s: s.mask.size)[len(ds.val) // 2]
+    run_case(warm, axis_of(warm, axis_name), every, completer, coordinate, {"ours": (1,), "baselines": (1,)})
     rows = []
     for n, shape in enumerate(ds.val):
         start = time.perf_counter()
         for axis_name, every in ds.settings:
-            axis = axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
+            axis = axis_of(shape, axis_name)
             setting = f"{'axis' if axis_name.isdigit() else ''}{axis_name}-w{every}"
             for row in run_case(shape, axis, every, completer, coordinate, steps):
                 rows.append({"dataset": ds.key, "setting": setting, "shape": shape.name,
@@ -226,10 +215,11 @@ def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, Co
     return rows
 
 
-def inter_rater(root: str, val: list[Shape]) -> list[dict]:
+def inter_rater(root: str, val: list[Shape], cache_dir: str | None) -> list[dict]:
     """Oncologist vs radiographer full masks of the validation shapes, on their common grid."""
     scans = sorted({s.name.split("/")[0] for s in val})
-    other = {(s.name.split("/")[0], organ_of(s.name)): s for s in hn_shapes_cached(root, scans, "radiographer")}
+    other = {(s.name.split("/")[0], organ_of(s.name)): s
+             for s in hn_shapes(root, scans, ("radiographer",), cache_dir=cache_dir)}
     rows = []
     for shape in val:
         match = other.get((shape.name.split("/")[0], organ_of(shape.name)))
@@ -296,7 +286,7 @@ def summarize(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
     for key, rs in groups.items():
         hd = np.array([r["hd95"] for r in rs], float)
         asd = np.array([r["asd"] for r in rs], float)
-        secs = [r["seconds"] for r in rs if r["seconds"] is not None]
+        secs = [r["seconds"] for r in rs if r["seconds"] is not None and not r["fallback"]]
         out.append({**dict(zip(keys, key)), "n": len(rs), "dice": float(np.mean([r["dice"] for r in rs])),
                     "hd95": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
                     "asd": float(np.nanmean(asd)) if np.isfinite(asd).any() else float("nan"),
@@ -357,6 +347,14 @@ def markdown_organs(summary_organs: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def markdown_parameters(runs: dict) -> str:
+    methods = sorted({m for r in runs.values() for m in r["parameters"]})
+    rows = [[m] + [f"{r['parameters'][m]['fitted']:,} / {r['parameters'][m]['stored']:,}" for r in runs.values()]
+            for m in methods]
+    return "\n\n".join(["### Parameters: fitted at test time / stored (prior or trained weights)",
+                        _table(["method", *runs], rows)])
+
+
 def markdown_timing(timing: list[dict], info: dict) -> str:
     phases = [k for k in timing[0] if k not in ("grid", "spacing_mm", "every", "repeats", "decoded_points",
                                                  "mesh_points")]
@@ -365,7 +363,7 @@ def markdown_timing(timing: list[dict], info: dict) -> str:
     return "\n\n".join([
         f"### Whole completion (ours): median ms over {timing[0]['repeats']} runs after a warm-up; "
         f"{info['device']}, {info['torch_threads']} torch threads, float32",
-        _table(["grid", "spacing mm", "every", *[f"{p} ms" for p in phases], "decoded points"], rows)])
+        _table(["grid", "spacing mm", "every (slices)", *[f"{p} ms" for p in phases], "decoded points"], rows)])
 
 
 def plot(summary: list[dict], keys: list[str], path: Path) -> None:
@@ -411,10 +409,28 @@ def machine_info() -> dict:
 
 def load_completer(prior: str) -> tuple[ShapeCompleter, dict]:
     loaded = load_prior(prior)
-    meta = loaded.metadata
-    return ShapeCompleter.from_prior(loaded), {"prior": prior, "path": str(loaded.path), "name": loaded.name,
-                                               "sha256": sha256(loaded.path),
-                                               "training_steps": meta.get("training_steps")}
+    completer = ShapeCompleter.from_prior(loaded)
+    return completer, {"prior": prior, "path": str(loaded.path), "name": loaded.name, "sha256": sha256(loaded.path),
+                       "training_steps": loaded.metadata.get("training_steps"),
+                       "parameters": {"fitted": sum(v.numel() for v in completer.init.values()),
+                                      "stored": sum(v.numel() for v in loaded.tensors.values())}}
+
+
+def run_dataset_all(ds: Dataset, args: argparse.Namespace, steps: dict[str, tuple[int, ...]]) -> tuple[list, dict]:
+    """Every method on one dataset (baselines trained first if not cached); (rows, what was run)."""
+    completer, prior = load_completer(ds.prior)
+    log(f"{ds.key}: {len(ds.val)} held-out shapes, prior {prior['path']}")
+    coordinate = coordinate_baselines(ds.train_key, ds.train, args.baseline_train_seconds, completer.cfg, args.seed,
+                                      args.baseline_cache, lambda m: log(f"{ds.key} baseline training: {m}"))
+    rows = run_dataset(ds, completer, coordinate, steps)
+    if ds.key == "hn":
+        rows += inter_rater(args.hn_root, ds.val, args.cache_dir)
+    info = {"prior": prior, "baseline_training": {k: b.training for k, b in coordinate.items() if b.training},
+            "parameters": {OURS: prior["parameters"], FBS: {"fitted": 0, "stored": 0},
+                           **{k: b.parameter_counts() for k, b in coordinate.items()}}}
+    if ds.key == "adrenal" and args.timing_repeats > 0:
+        info["timing"] = timing_section(completer, ds.val[0], args.timing_repeats)
+    return rows, info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -424,6 +440,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--organs", nargs="+", default=None, help="head and neck: only these organs")
     p.add_argument("--baseline-train-seconds", type=float, default=1800.0,
                    help="training budget of B.(i) and of B.(ii), each, per dataset (cached in runs/baselines)")
+    p.add_argument("--cache-dir", default="runs/cache", help="head and neck: cropped masks cached here")
+    p.add_argument("--baseline-cache", default=str(CACHE_DIR), help="trained B.(i)/B.(ii) weights cached here")
     p.add_argument("--hn-train-scans", type=int, default=None,
                    help="head and neck: train B.(i)/B.(ii) on the first N training scans only (quick checks)")
     p.add_argument("--prior-adrenal", default="adrenal")
@@ -447,31 +465,22 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    rows, priors, trained, timing = [], {}, {}, []
+    rows, runs = [], {}
     steps = {"ours": tuple(args.steps), "baselines": tuple(args.baseline_steps)}
     for ds in datasets(args):
-        completer, priors[ds.key] = load_completer(ds.prior)
-        log(f"{ds.key}: {len(ds.val)} held-out shapes, prior {priors[ds.key]['path']}")
-        coordinate = coordinate_baselines(ds.train_key, ds.train, args.baseline_train_seconds, completer.cfg, args.seed,
-                                          log=lambda m, k=ds.key: log(f"{k} baseline training: {m}"))
-        trained[ds.key] = {name: b.training for name, b in coordinate.items() if b.training is not None}
-        rows += run_dataset(ds, completer, coordinate, steps)
-        if ds.key == "hn":
-            rows += inter_rater(args.hn_root, ds.val)
-        if ds.key == "adrenal" and args.timing_repeats > 0:
-            timing = timing_section(completer, ds.val[0], args.timing_repeats)
+        ds_rows, runs[ds.key] = run_dataset_all(ds, args, steps)
+        rows += ds_rows
     summary = summarize(rows, ("dataset", "setting", "method", "step"))
     organs = summarize([r for r in rows if r["dataset"] == "hn"], ("organ", "setting", "method", "step"))
     keys = sorted({r["dataset"] for r in rows})
     plot_summary = summarize([r for r in rows if r["setting"].endswith(f"-w{PLOT_EVERY}")], ("dataset", "method",
                                                                                                "step"))
     plot(plot_summary, keys, out_dir / "shape_completion_dice_vs_time.png")
-    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "priors": priors,
-              "baseline_training": trained, "steps": steps,
+    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "datasets": runs, "steps": steps,
               "metrics": "Dice; HD95 and symmetric ASD in mm with MONAI (compute_hausdorff_distance percentile=95, "
                          "compute_average_surface_distance symmetric=True, spacing from the affine)",
-              "summary": summary, "summary_hn_organs": organs, "summary_w8": plot_summary, "timing": timing,
-              "rows": rows}
+              "summary": summary, "summary_hn_organs": organs, "summary_w8": plot_summary,
+              "timing": runs.get("adrenal", {}).get("timing", []), "rows": rows}
     (out_dir / "shape_completion.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
     (out_dir / "shape_completion.md").write_text(markdown(result, keys) + "\n")
     log(f"wrote {out_dir}/shape_completion.{{json,md}} and shape_completion_dice_vs_time.png")
@@ -497,10 +506,12 @@ def markdown(result: dict, keys: list[str]) -> str:
              f"Machine: {info['device']}, {info['cpu_count']} cores, torch {info['torch']} with "
              f"{info['torch_threads']} threads, float32. Import of the engine: {info['import_seconds']:.2f} s. "
              "Times are in-process: ours = prepare + fit + decode; coordinate baselines = fit + decode on the "
-             "same prepared case (their context points); Fill between slices = crop + interpolation. "
+             "same prepared case (their context points); Fill between slices = crop + interpolation; "
+             "times exclude fallbacks. "
              "HD95/ASD: MONAI, mm; n/a where a completion is empty. Fallbacks: inputs of a single slice, "
              "which the INR methods refuse; their completion is then the sparse input."]
     parts += [markdown_dataset(k, result["summary"]) for k in keys]
+    parts.append(markdown_parameters(result["datasets"]))
     if "hn" in keys:
         parts.append(markdown_organs(result["summary_hn_organs"]))
     if result["timing"]:

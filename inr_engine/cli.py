@@ -206,8 +206,12 @@ def run_train_shape(args) -> dict:
 
 # --------------------------------------------------------------------------- priors
 def run_priors(args) -> dict:
-    from .priors import BUNDLED_DIR, bundled_priors, load_prior
+    from .priors import BUNDLED_DIR, bundled_priors, load_prior, write_manifest
 
+    if args.action == "manifest":
+        path = write_manifest(args.prior)
+        print(f"wrote {path}")
+        return {"manifest": str(path)}
     if args.action == "list":
         entries = bundled_priors()
         for name, e in entries.items():
@@ -274,9 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--description")
     ts.set_defaults(func=run_train_shape)
 
-    pr = sub.add_parser("priors", help="list, show or verify priors")
-    pr.add_argument("action", choices=["list", "show", "verify"])
-    pr.add_argument("prior", nargs="?", default="adrenal", help="bundled name or file (show, verify)")
+    pr = sub.add_parser("priors", help="list, show or verify priors; write a folder's SHA256 manifest")
+    pr.add_argument("action", choices=["list", "show", "verify", "manifest"])
+    pr.add_argument("prior", nargs="?", default="adrenal",
+                    help="bundled name or file (show, verify); a folder of priors (manifest)")
     pr.set_defaults(func=run_priors)
     return p
 

@@ -23,6 +23,9 @@ def write_overview(path: str | Path, sparse_file: str, completed_file: str, refe
     reference = read_volume(reference_file).array > 0 if reference_file else None
     spc = spacing(sparse.affine)
     centre = np.argwhere(completed).mean(0).round().astype(int) if completed.any() else np.array(completed.shape) // 2
+    union = np.argwhere(completed | (sparse.array > 0))
+    box_lo = np.maximum(union.min(0) - 8, 0) - 0.5
+    box_hi = np.minimum(union.max(0) + 8, np.array(completed.shape) - 1) + 0.5
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for axis, ax in enumerate(axes):
         cut = [slice(None)] * 3
@@ -34,6 +37,8 @@ def write_overview(path: str | Path, sparse_file: str, completed_file: str, refe
         if reference is not None:
             ax.contour(reference[tuple(cut)].T.astype(float), levels=[0.5], colors="lime", linewidths=1.0,
                        linestyles="--")
+        ax.set_xlim(box_lo[plane[0]], box_hi[plane[0]])
+        ax.set_ylim(box_lo[plane[1]], box_hi[plane[1]])
         ax.set_title(f"axis {axis} slice {centre[axis]}")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -74,6 +74,24 @@ def timed_checkpoints(steps: Iterable[FitStep], wanted: Iterable[int]) -> Iterat
         start = time.perf_counter()
 
 
+def completions(fit: Callable[[int], Iterable[FitStep]], labelmap: Callable[[Params | None], np.ndarray],
+                steps: Iterable[int], setup_seconds: float = 0.0) -> dict[int, tuple[np.ndarray, float]]:
+    """``{step: (labelmap, seconds)}`` after each of ``steps`` fitting steps (0: no fitting).
+
+    ``fit(n)`` runs ``n`` steps; ``labelmap(params)`` decodes (``None``: the initial state).
+    Seconds: ``setup_seconds`` + fitting up to the step + decoding that step.
+    """
+    wanted = sorted(set(steps))
+    out = {}
+    if 0 in wanted:
+        start = time.perf_counter()
+        out[0] = (labelmap(None), setup_seconds + time.perf_counter() - start)
+    for st, fit_s in timed_checkpoints(fit(max(wanted)), wanted):
+        start = time.perf_counter()
+        out[st.step] = (labelmap(st.params), setup_seconds + fit_s + time.perf_counter() - start)
+    return out
+
+
 def case_labelmap(case: Case, logits_fn: Callable[[torch.Tensor], torch.Tensor], bytes_per_point: int) -> np.ndarray:
     """Binary completion on the case's full grid from a network-frame logit function, decoded
     over ``case.lo .. case.hi`` at the voxel centres (as :meth:`ShapeCompleter.labelmap`)."""
@@ -98,6 +116,7 @@ class CoordinateBaseline:
     scale_mm: float | None = None  # the frame scale the weights were trained in (None: any)
     training: dict | None = None  # metadata of the training of its weights (None: not trained)
     bytes_per_point: int
+    net: nn.Module
 
     def initial(self) -> Params:
         raise NotImplementedError
@@ -108,6 +127,11 @@ class CoordinateBaseline:
     def loss(self, params: Params, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters fitted at test time, and those of the trained network kept on disk (0: untrained)."""
+        stored = sum(p.numel() for p in self.net.parameters()) if self.training is not None else 0
+        return {"fitted": sum(v.numel() for v in self.initial().values()), "stored": stored}
+
     def fit(self, case: Case, steps: int) -> Iterator[FitStep]:
         if self.scale_mm is not None and not math.isclose(case.frame.scale, self.scale_mm):
             raise ValueError(f"{self.name} was trained in a {self.scale_mm} mm frame, the case uses "
@@ -115,21 +139,14 @@ class CoordinateBaseline:
         coords, _, labels = case.context
         return fit(self.initial(), lambda p: self.loss(p, coords, labels), steps, adam_lr=self.lr)
 
-    def labelmap(self, case: Case, params: Params) -> np.ndarray:
+    def labelmap(self, case: Case, params: Params | None = None) -> np.ndarray:
+        params = self.initial() if params is None else params
         return case_labelmap(case, lambda coords: self.logits(params, coords), self.bytes_per_point)
 
     def fit_and_decode(self, case: Case, steps: Iterable[int]) -> dict[int, tuple[np.ndarray, float]]:
         """Completion after each of ``steps`` fitting steps (0: the initialisation), with seconds
         spent on fitting up to that step plus decoding it."""
-        wanted = sorted(set(steps))
-        out = {}
-        if 0 in wanted:
-            start = time.perf_counter()
-            out[0] = (self.labelmap(case, self.initial()), time.perf_counter() - start)
-        for st, fit_s in timed_checkpoints(self.fit(case, max(wanted)), wanted):
-            start = time.perf_counter()
-            out[st.step] = (self.labelmap(case, st.params), fit_s + time.perf_counter() - start)
-        return out
+        return completions(lambda n: self.fit(case, n), lambda params: self.labelmap(case, params), steps)
 
 
 # --------------------------------------------------------------------------- SIREN (random, B.(ii))

@@ -102,7 +102,7 @@ class Case:
     frame: NormalizedFrame
     lo: np.ndarray  # decoded region [lo, hi) in voxel indices
     hi: np.ndarray
-    context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # coords, evidence, labels
+    context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # coords, evidence, labels (see prepare_case)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,13 +125,13 @@ def _box_voxels(lo, hi) -> np.ndarray:
     return np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
 
 
-def _held_out_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi):
-    """Every annotated voxel inside the box, described by the evidence of the *other* slices.
+def _slice_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi, held_out: bool):
+    """Every annotated voxel inside the box: (ijk, evidence features, labels, |signed distance| mm).
 
-    On an annotated slice the full evidence already states the label, so fitting to it would
-    teach nothing; predicting each slice from its neighbours (leave one slice out) is the
-    case's own interpolation problem, and gives the test-time fit a signal.
-    Returns (ijk, evidence features, labels, |signed distance| in mm).
+    With ``held_out``, each slice is described by the evidence of the *other* slices (leave one
+    slice out): on an annotated slice the full evidence already states the label, so fitting
+    to it alone would teach nothing, whereas predicting each slice from its neighbours is the
+    case's own interpolation problem and gives the test-time fit its signal.
     """
     ijks, feats, labels, dists = [], [], [], []
     for a, ax in evidence.axes.items():
@@ -145,7 +145,7 @@ def _held_out_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi):
             ijk[:, a] = pos
             ijk[:, plane] = uv
             ijks.append(ijk)
-            feats.append(evidence.without(a, n).features(ijk))
+            feats.append((evidence.without(a, n) if held_out else evidence).features(ijk))
             labels.append(sparse[tuple(ijk.T)])
             dists.append(np.abs(ax.sdf[n][tuple(uv.T)]))
     return (np.concatenate(ijks), np.concatenate(feats), np.concatenate(labels).astype(np.float32),
@@ -164,7 +164,11 @@ def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndar
 
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
                  rng: np.random.Generator | None = None) -> Case:
-    """Find the annotated slices (unless given), build the evidence, region, frame and context."""
+    """Find the annotated slices (unless given), build the evidence, region, frame and context.
+
+    The context the fit sees is half annotated voxels with the full evidence (the annotations
+    must be honoured) and half with each slice held out (see :func:`_slice_context`).
+    """
     t0 = time.perf_counter()
     sparse = np.asarray(sparse) > 0
     if sparse.ndim != 3:
@@ -180,12 +184,14 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     fg = np.argwhere(sparse)
     centre = ijk_to_ras((fg.min(0) + fg.max(0)) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
-    ijk, feats, labels, dist = _held_out_context(sparse, evidence, lo, hi)
     rng = np.random.default_rng(0) if rng is None else rng
     band = 2.0 * float(evidence.spacing.max())
-    pick = _balanced_sample(rng, len(ijk), cfg.context_points, dist <= band)
-    context = (torch.from_numpy(frame.ijk_to_network(ijk[pick], affine)), torch.from_numpy(feats[pick]),
-               torch.from_numpy(labels[pick]))
+    parts = []
+    for held_out, count in ((False, cfg.context_points // 2), (True, cfg.context_points - cfg.context_points // 2)):
+        ijk, feats, labels, dist = _slice_context(sparse, evidence, lo, hi, held_out)
+        pick = _balanced_sample(rng, len(ijk), count, dist <= band)
+        parts.append((frame.ijk_to_network(ijk[pick], affine), feats[pick], labels[pick]))
+    context = tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
     return Case(evidence, np.asarray(affine, np.float64), frame, lo, hi, context,
                 {"prepare": time.perf_counter() - t0})
 
