@@ -29,7 +29,6 @@ import platform
 import subprocess
 import sys
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,12 +43,13 @@ from inr_engine.baselines.fill_between_slices import fill_between_slices
 from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
 from inr_engine.frames import spacing
 from inr_engine.methods.shape_completion import Case, ShapeCompleter
-from inr_engine.methods.shape_training import axial_axis, dice
+from inr_engine.methods.shape_training import axial_axis
 from inr_engine.methods.slices import SliceError, sparsify
+from inr_engine.metrics import segmentation_scores
 from inr_engine.priors import load_prior, sha256
 
-ADRENAL_NPZ = "/work/shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
-HN_ROOT = "/work/shared/data/deepmind_hn_oar"
+ADRENAL_NPZ = "../shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
+HN_ROOT = "../shared/data/deepmind_hn_oar"
 OURS, FBS, INTER_RATER = "ours", "Fill between slices", "inter-rater"
 OURS_STEPS, BASELINE_STEPS = (0, 1, 5, 50), (1, 5, 50)
 PLOT_EVERY = 8
@@ -106,35 +106,6 @@ def datasets(args: argparse.Namespace) -> list[Dataset]:
 
 
 # --------------------------------------------------------------------------- metrics
-def _box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    fg = np.argwhere(mask)
-    lo = np.maximum(fg.min(0) - margin, 0)
-    hi = np.minimum(fg.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
-
-
-def _onehot(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.stack([~mask, mask])[None].astype(np.float32))
-
-
-def score(pred: np.ndarray, truth: np.ndarray, spc: np.ndarray) -> dict[str, float]:
-    """Dice, HD95 and symmetric ASD (mm, MONAI) of binary masks; distances NaN if either is empty."""
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-
-    out = {"dice": dice(pred, truth), "hd95": float("nan"), "asd": float("nan")}
-    if not pred.any() or not truth.any():
-        return out
-    box = _box(pred | truth)
-    p, t = _onehot(pred[box]), _onehot(truth[box])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out["hd95"] = float(compute_hausdorff_distance(p, t, include_background=False, percentile=95,
-                                                       spacing=spc.tolist()))
-        out["asd"] = float(compute_average_surface_distance(p, t, include_background=False, symmetric=True,
-                                                            spacing=spc.tolist()))
-    return out
-
-
 def on_common_grid(a: Shape, b: Shape) -> tuple[np.ndarray, np.ndarray]:
     """Two crops of the same scan's grid pasted into their union box."""
     if not np.allclose(a.affine[:3, :3], b.affine[:3, :3]):
@@ -173,7 +144,8 @@ def run_case(shape: Shape, axis: int, every: int, completer: ShapeCompleter,
     rows = []
 
     def add(method: str, step: int | None, pred: np.ndarray, seconds: float, fallback: bool = False) -> None:
-        rows.append({"method": method, "step": step, **score(pred, shape.mask, spc), "seconds": seconds,
+        rows.append({"method": method, "step": step, **segmentation_scores(pred, shape.mask, spc),
+                     "seconds": seconds,
                      "fallback": fallback})
 
     start = time.perf_counter()
@@ -227,7 +199,8 @@ def inter_rater(root: str, val: list[Shape], cache_dir: str | None) -> list[dict
             continue
         a, b = on_common_grid(shape, match)
         rows.append({"dataset": "hn", "setting": "full masks", "shape": shape.name, "organ": organ_of(shape.name),
-                     "method": INTER_RATER, "step": None, **score(b, a, spacing(shape.affine)), "seconds": None,
+                     "method": INTER_RATER, "step": None, **segmentation_scores(b, a, spacing(shape.affine)),
+                     "seconds": None,
                      "fallback": False})
     return rows
 

@@ -104,7 +104,7 @@ def run_complete(args) -> dict:
 
 def _dice_against(reference: str, volume, labels: np.ndarray) -> dict[str, float]:
     from .io import read_volume
-    from .methods.shape_training import dice
+    from .metrics import dice
 
     ref = read_volume(reference)
     if ref.shape != volume.shape or not np.allclose(ref.affine, volume.affine, atol=1e-4):

@@ -20,8 +20,8 @@ from inr_engine.cli import main, parse_slices
 from inr_engine.io import LPS_TO_RAS, read_volume
 from inr_engine.meta import MetaLearner
 from inr_engine.methods.shape_completion import OccupancyINR, ShapeConfig, prior_metadata, prior_tensors
-from inr_engine.methods.shape_training import dice
 from inr_engine.methods.slices import sparsify
+from inr_engine.metrics import dice
 from inr_engine.priors import BUNDLED_DIR, MANIFEST, save_prior, write_manifest
 
 ANISO = dict(spacing=(0.8, 1.2, 2.0), angles_deg=(20, -10, 30), origin=(-40.0, 15.0, 60.0))

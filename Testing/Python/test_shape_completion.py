@@ -21,7 +21,7 @@ from inr_engine.methods.shape_completion import (
     region_of_interest,
     sample_task,
 )
-from inr_engine.methods.shape_training import dice, protocol_dice
+from inr_engine.methods.shape_training import protocol_dice
 from inr_engine.methods.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
@@ -31,6 +31,7 @@ from inr_engine.methods.slices import (
     find_annotated_slices,
     sparsify,
 )
+from inr_engine.metrics import dice
 from inr_engine.priors import BUNDLED_DIR, MANIFEST, bundled_priors, load_prior
 from inr_engine.runtime import seed_everything
 

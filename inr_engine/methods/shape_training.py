@@ -13,6 +13,7 @@ import torch
 
 from ..datasets import Shape
 from ..meta import MetaLearner
+from ..metrics import dice
 from ..priors import save_prior
 from ..train import json_logger, train_meta
 from .shape_completion import (
@@ -32,12 +33,6 @@ def axial_axis(affine: np.ndarray) -> int:
     """Index axis closest to the superior-inferior direction."""
     dirs = np.asarray(affine)[:3, :3] / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     return int(np.argmax(np.abs(dirs[2])))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 def protocol_dice(completer: ShapeCompleter, shape: Shape, axis: int, every: int,
