@@ -40,6 +40,7 @@ import torch
 from inr_engine.baselines.coordinate_inr import CACHE_DIR, CoordinateBaseline, completions
 from inr_engine.baselines.coordinate_inr import baselines as coordinate_baselines
 from inr_engine.baselines.fill_between_slices import fill_between_slices
+from inr_engine.complete import complete_labelmap
 from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
 from inr_engine.frames import spacing
 from inr_engine.methods.shape_completion import Case, ShapeCompleter
@@ -208,27 +209,12 @@ def inter_rater(root: str, val: list[Shape], cache_dir: str | None) -> list[dict
 # --------------------------------------------------------------------------- timing section
 def one_completion(completer: ShapeCompleter, sparse: np.ndarray, affine: np.ndarray, axis: int, kept: list[int],
                    steps: int) -> dict[str, float]:
-    from inr_engine.mesh import surface_from_logits
-
-    phases = {}
-    start = time.perf_counter()
-    case = completer.prepare(sparse, affine, {axis: kept})
-    phases["prepare"] = time.perf_counter() - start
-    start = time.perf_counter()
-    params = None
-    for st in completer.fit(case, steps):
-        params = st.params
-    phases[f"fit_{steps}_steps"] = time.perf_counter() - start
-    start = time.perf_counter()
-    logits, lo = completer.decode(case, params)
-    phases["decode"] = time.perf_counter() - start
-    start = time.perf_counter()
-    surface = surface_from_logits(logits, lo, 1.0, case.affine)
-    phases["mesh"] = time.perf_counter() - start
-    phases["total"] = sum(phases.values())
-    phases["decoded_points"] = float(logits.size)
-    phases["mesh_points"] = float(surface.GetNumberOfPoints())
-    return phases
+    """Phases of a whole completion (prepare, fit, decode, mesh), exactly as ``inr-engine complete`` runs it."""
+    result = complete_labelmap(sparse.astype(np.uint8), affine, completer, steps, slices={axis: kept}, mesh_step=1.0)
+    entry = result.report["labels"]["1"]
+    return {**entry["phases"], "decoded_points": float(np.prod(np.subtract(entry["region"]["hi"],
+                                                                           entry["region"]["lo"]))),
+            "mesh_points": float(result.surfaces[1].GetNumberOfPoints())}
 
 
 def timing_section(completer: ShapeCompleter, shape: Shape, repeats: int, steps: int = 5,
@@ -424,6 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=list(OURS_STEPS), help="ours: fitting steps to score")
     p.add_argument("--baseline-steps", type=int, nargs="+", default=list(BASELINE_STEPS),
                    help="coordinate baselines: fitting steps to score (B.(i)'s paper: 1200)")
+    p.add_argument("--timing-only", action="store_true", help="only time whole completions (64^3, 128^3, 256^3)")
     p.add_argument("--timing-repeats", type=int, default=5, help="0: skip the timing section")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -438,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    if args.timing_only:
+        return timing_only(args, out_dir, info)
     rows, runs = [], {}
     steps = {"ours": tuple(args.steps), "baselines": tuple(args.baseline_steps)}
     for ds in datasets(args):
@@ -457,6 +446,19 @@ def main(argv: list[str] | None = None) -> dict:
     (out_dir / "shape_completion.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
     (out_dir / "shape_completion.md").write_text(markdown(result, keys) + "\n")
     log(f"wrote {out_dir}/shape_completion.{{json,md}} and shape_completion_dice_vs_time.png")
+    return result
+
+
+def timing_only(args: argparse.Namespace, out_dir: Path, info: dict) -> dict:
+    """Only the whole-completion timing on 64^3, 128^3 and 256^3 grids (``--timing-only``)."""
+    completer, prior = load_completer(args.prior_adrenal)
+    shape = adrenal_shapes(args.adrenal_npz, "val")[0]
+    timing = timing_section(completer, shape, max(args.timing_repeats, 1))
+    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "prior": prior["path"],
+              "timing": timing}
+    (out_dir / "timing.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+    (out_dir / "timing.md").write_text(markdown_timing(timing, info) + "\n")
+    log(f"wrote {out_dir}/timing.{{json,md}}")
     return result
 
 
