@@ -11,7 +11,7 @@ COMMON=(--meta-batch 8 --lr 3e-4 --seed 0 --steps 2000)
 
 # Adrenal glands: AdrenalMNIST3D 64^3 train split; validation = the npz's val split (24 shapes scored).
 inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24 \
-    --config algorithm=fometasgd context_points=1024 target_points=2048 \
+    --config algorithm=fometasgd context_points=1024 target_points=2048 adam_lr=3e-6 \
     --dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64.npz" \
     --out "$OUT/adrenal.safetensors" --log runs/adrenal.jsonl \
     --description "Adrenal glands (AdrenalMNIST3D, 64^3 at 1 mm)"
@@ -22,7 +22,7 @@ inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24
 inr-engine train shape "${COMMON[@]}" --threads 1 --time-limit 2400 --max-val 25 \
     --dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache \
     --config algorithm=fometasgd context_points=1024 target_points=2048 scale_mm=64 margin_mm=10 \
-             every_min=4 every_max=24 \
+             every_min=4 every_max=24 adam_lr=3e-6 \
     --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl \
     --description "Head-and-neck organs at risk (DeepMind H&N CT masks, 2.5 mm slices)"
 

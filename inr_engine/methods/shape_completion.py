@@ -56,7 +56,7 @@ class ShapeConfig:
     inner_steps: int = 5
     inner_lr: float = 1e-3
     weight_decay: float = 100.0  # lambda of lambda/q * ||theta||^2 (q = number of weights)
-    adam_lr: float = 1e-4  # test-time steps beyond the meta-learned ones
+    adam_lr: float = 3e-6  # test-time steps beyond the meta-learned ones (larger rates overfit the slices)
     default_steps: int = 5
 
 
