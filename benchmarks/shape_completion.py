@@ -330,6 +330,7 @@ def plot(summary: list[dict], keys: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -341,7 +342,11 @@ def plot(summary: list[dict], keys: list[str], path: Path) -> None:
                 if method != FBS:
                     ax.annotate(str(step), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
-        ax.set_xlabel("mean time per completion (s, log)")
+        seconds = FuncFormatter(lambda v, _: f"{v * 1000:g} ms" if v < 1 else f"{v:g} s")
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(seconds)
+        ax.xaxis.set_major_formatter(seconds)
+        ax.set_xlabel("mean time per completion (log)")
         ax.set_ylabel("mean Dice")
         ax.set_title(f"{key}, every {PLOT_EVERY}th slice (numbers: fitting steps)")
         ax.grid(alpha=0.3)
@@ -410,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=list(OURS_STEPS), help="ours: fitting steps to score")
     p.add_argument("--baseline-steps", type=int, nargs="+", default=list(BASELINE_STEPS),
                    help="coordinate baselines: fitting steps to score (B.(i)'s paper: 1200)")
+    p.add_argument("--replot", metavar="DIR", help="only redraw the plot of a finished run in DIR")
     p.add_argument("--timing-only", action="store_true", help="only time whole completions (64^3, 128^3, 256^3)")
     p.add_argument("--timing-repeats", type=int, default=5, help="0: skip the timing section")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -418,8 +424,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def replot(out_dir: Path) -> None:
+    """Redraw the plot from a finished run's ``shape_completion.json``."""
+    result = json.loads((out_dir / "shape_completion.json").read_text())
+    keys = sorted({r["dataset"] for r in result["summary_w8"]})
+    plot(result["summary_w8"], keys, out_dir / "shape_completion_dice_vs_time.png")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.replot:
+        replot(Path(args.replot))
+        return {}
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out)
