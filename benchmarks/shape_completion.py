@@ -212,7 +212,7 @@ def one_completion(completer: ShapeCompleter, sparse: np.ndarray, affine: np.nda
     """Phases of a whole completion (prepare, fit, decode, mesh), exactly as ``inr-engine complete`` runs it."""
     result = complete_labelmap(sparse.astype(np.uint8), affine, completer, steps, slices={axis: kept}, mesh_step=1.0)
     entry = result.report["labels"]["1"]
-    return {**entry["phases"], "decoded_points": float(np.prod(np.subtract(entry["region"]["hi"],
+    return {**entry["phases"], "region_voxels": float(np.prod(np.subtract(entry["region"]["hi"],
                                                                            entry["region"]["lo"]))),
             "mesh_points": float(result.surfaces[1].GetNumberOfPoints())}
 
@@ -315,14 +315,14 @@ def markdown_parameters(runs: dict) -> str:
 
 
 def markdown_timing(timing: list[dict], info: dict) -> str:
-    phases = [k for k in timing[0] if k not in ("grid", "spacing_mm", "every", "repeats", "decoded_points",
+    phases = [k for k in timing[0] if k not in ("grid", "spacing_mm", "every", "repeats", "region_voxels",
                                                  "mesh_points")]
     rows = [[t["grid"], f"{t['spacing_mm']:g}", str(t["every"])] + [_fmt(1000 * t[p], 1) for p in phases]
-            + [f"{int(t['decoded_points'])}"] for t in timing]
+            + [f"{int(t['region_voxels'])}"] for t in timing]
     return "\n\n".join([
         f"### Whole completion (ours): median ms over {timing[0]['repeats']} runs after a warm-up; "
         f"{info['device']}, {info['torch_threads']} torch threads, float32",
-        _table(["grid", "spacing mm", "every (slices)", *[f"{p} ms" for p in phases], "decoded points"], rows)])
+        _table(["grid", "spacing mm", "every (slices)", *[f"{p} ms" for p in phases], "region voxels"], rows)])
 
 
 def plot(summary: list[dict], keys: list[str], path: Path) -> None:
