@@ -55,3 +55,11 @@ def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536,
     if len(uncertain):
         logits[tuple(uncertain.T)] = evaluate_in_chunks(fn, uncertain * step + lo, chunk)
     return logits
+
+
+def labels_on_grid(shape: tuple[int, int, int], lo, logits: np.ndarray) -> np.ndarray:
+    """Binary labels (logit > 0) of a voxel box starting at ``lo``, placed on the full grid."""
+    out = np.zeros(shape, bool)
+    box = tuple(slice(int(a), int(a) + n) for a, n in zip(lo, logits.shape))
+    out[box] = logits > 0
+    return out

@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..datasets import Shape
-from ..decode import chunk_size, decode_box
+from ..decode import chunk_size, decode_box, labels_on_grid
 from ..fit import FitStep, Params, fit
 from ..methods.shape_completion import Case, ShapeConfig, occupancy_loss, sample_task
 from ..methods.shape_training import TaskStream
@@ -105,10 +105,7 @@ def case_labelmap(case: Case, logits_fn: Callable[[torch.Tensor], torch.Tensor],
             return logits_fn(coords).float().numpy()
 
     logits = decode_box(point_function, case.lo, case.hi, 1.0, chunk_size(bytes_per_point))
-    out = np.zeros(case.evidence.shape, bool)
-    lo, hi = case.lo, case.hi
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = logits > 0
-    return out
+    return labels_on_grid(case.evidence.shape, case.lo, logits)
 
 
 class CoordinateBaseline:

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 from torch.func import functional_call
 
-from ..decode import chunk_size, decode_box
+from ..decode import chunk_size, decode_box, labels_on_grid
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
@@ -223,8 +224,6 @@ def sample_task(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.
     case = prepare_case(sparse, affine, cfg, slices, rng)
     voxels = _box_voxels(case.lo, case.hi)
     labels = mask[tuple(voxels.T)].astype(np.float32)
-    from scipy import ndimage  # local: only training needs the 3D band
-
     band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
     pick = _balanced_sample(rng, len(voxels), cfg.target_points, band[tuple(voxels.T)])
     target = _inputs(case.evidence, case.frame, affine, voxels[pick]) + (torch.from_numpy(labels[pick]),)
@@ -248,6 +247,7 @@ class ShapeCompleter:
     def __init__(self, cfg: ShapeConfig, init: dict[str, torch.Tensor], step_sizes: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu"):
         self.cfg = cfg
+        self.prior: Prior | None = None  # set by from_prior
         self.device = torch.device(device)
         self.model = OccupancyINR(cfg).to(self.device).requires_grad_(False)
         self.init = {k: v.detach().to(self.device) for k, v in init.items()}
@@ -313,11 +313,8 @@ class ShapeCompleter:
 
     def labelmap(self, case: Case, params=None, adaptive: bool = True) -> np.ndarray:
         """Binary completion on the input's full grid (outside the region: background)."""
-        logits, _ = self.decode(case, params, 1.0, adaptive)
-        out = np.zeros(case.evidence.shape, bool)
-        lo, hi = case.lo, case.hi
-        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = logits > 0
-        return out
+        logits, lo = self.decode(case, params, 1.0, adaptive)
+        return labels_on_grid(case.evidence.shape, lo, logits)
 
 
 def _split(tensors: dict[str, torch.Tensor], model: nn.Module):

@@ -15,7 +15,7 @@ from ..datasets import Shape
 from ..meta import MetaLearner
 from ..metrics import dice
 from ..priors import save_prior
-from ..train import json_logger, train_meta
+from ..train import distributed_context, json_logger, train_meta
 from .shape_completion import (
     OccupancyINR,
     ShapeCompleter,
@@ -103,8 +103,7 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
     """Meta-train a shape prior and write the best validated state to ``out``."""
     torch.manual_seed(seed)
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
-    rank = int(__import__("os").environ.get("RANK", 0))
-    stream = TaskStream(train, cfg, meta_batch, seed + rank)
+    stream = TaskStream(train, cfg, meta_batch, seed + distributed_context()[0])
 
     def loss_fn(logits, labels, params):
         return occupancy_loss(logits, labels, params, cfg.weight_decay)
