@@ -15,7 +15,7 @@ import torch
 
 from .fit import FitStep
 from .mesh import surface_from_logits
-from .methods.shape_completion import ShapeCompleter
+from .methods.shape_completion import Case, ShapeCompleter
 from .methods.slices import SliceError
 
 MAX_LABELS = 255
@@ -69,23 +69,31 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     result = Completion(out, report={"labels": {}, "steps": steps, "device": str(completer.device),
                                      "torch_threads": torch.get_num_threads()})
     for lab in labels:
-        entry, logits, lo = _complete_one(array == lab, affine, completer, steps, slices, on_step, lab)
-        box = tuple(slice(int(a), int(a) + n) for a, n in zip(lo, logits.shape))
-        win = logits > best[box]
-        best[box] = np.where(win, logits, best[box])
+        fitted = _fit_label(array == lab, affine, completer, steps, slices, on_step, lab)
+        box = tuple(slice(int(a), int(a) + n) for a, n in zip(fitted.lo, fitted.logits.shape))
+        win = fitted.logits > best[box]
+        best[box] = np.where(win, fitted.logits, best[box])
         out[box] = np.where(win, lab, out[box])
         if mesh_step is not None:
             t0 = time.perf_counter()
-            fine, fine_lo = (logits, lo) if mesh_step == 1.0 else completer.decode(
-                entry["_case"], entry["_params"], mesh_step)
+            fine, fine_lo = ((fitted.logits, fitted.lo) if mesh_step == 1.0
+                             else completer.decode(fitted.case, fitted.params, mesh_step))
             result.surfaces[lab] = surface_from_logits(fine, fine_lo, mesh_step, affine)
-            entry["phases"]["mesh"] = time.perf_counter() - t0
-        entry.pop("_case", None)
-        entry.pop("_params", None)
-        entry["phases"]["total"] = sum(entry["phases"].values())
-        entry["voxels"] = int((out == lab).sum())
-        result.report["labels"][str(lab)] = entry
+            fitted.report["phases"]["mesh"] = time.perf_counter() - t0
+        fitted.report["phases"]["total"] = sum(fitted.report["phases"].values())
+        result.report["labels"][str(lab)] = fitted.report
+    for lab in labels:  # after all labels: overlaps went to the highest logit
+        result.report["labels"][str(lab)]["voxels"] = int((out == lab).sum())
     return result
+
+
+@dataclass
+class _FittedLabel:
+    case: Case
+    params: dict
+    logits: np.ndarray  # over the case's region, starting at voxel ``lo``
+    lo: np.ndarray
+    report: dict
 
 
 def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
@@ -95,7 +103,7 @@ def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
     return np.min_scalar_type(largest)
 
 
-def _complete_one(mask, affine, completer, steps, slices, on_step, lab):
+def _fit_label(mask, affine, completer, steps, slices, on_step, lab) -> _FittedLabel:
     case = completer.prepare(mask, affine, slices)
     history, params = [], completer.init
     t0 = time.perf_counter()
@@ -108,7 +116,6 @@ def _complete_one(mask, affine, completer, steps, slices, on_step, lab):
     t0 = time.perf_counter()
     logits, lo = completer.decode(case, params)
     phases = {"prepare": case.timings["prepare"], "fit": fit_s, "decode": time.perf_counter() - t0}
-    entry = {"slices": {str(a): v for a, v in case.evidence.slices.items()}, "fit_steps": history,
-             "phases": phases, "region": {"lo": case.lo.tolist(), "hi": case.hi.tolist()},
-             "_case": case, "_params": params}
-    return entry, logits, lo
+    report = {"slices": {str(a): v for a, v in case.evidence.slices.items()}, "fit_steps": history,
+              "phases": phases, "region": {"lo": case.lo.tolist(), "hi": case.hi.tolist()}}
+    return _FittedLabel(case, params, logits, lo, report)
