@@ -70,15 +70,10 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory, tiny_cfg):
     """A shape-completion prior file (with a manifest) meta-trained for a few steps on synthetic ellipsoids."""
+    from inr_engine.datasets import Shape
     from inr_engine.meta import MetaLearner
-    from inr_engine.methods.shape_completion import (
-        OccupancyINR,
-        collate,
-        occupancy_loss,
-        prior_metadata,
-        prior_tensors,
-        sample_task,
-    )
+    from inr_engine.methods.shape_completion import OccupancyINR, occupancy_loss, prior_metadata, prior_tensors
+    from inr_engine.methods.shape_training import draw_meta_batch
     from inr_engine.priors import save_prior, write_manifest
     from inr_engine.runtime import seed_everything
     from inr_engine.train import train_meta
@@ -88,14 +83,10 @@ def tiny_prior(tmp_path_factory, tiny_cfg):
     shapes = [(ellipsoid_mask((24, 24, 24), radii, np.eye(4)), np.eye(4))
               for radii in [(7, 5, 6), (5, 8, 6), (6, 6, 9), (8, 4, 5)]]
 
+    pool = [Shape(mask, affine, f"ellipsoid-{n}") for n, (mask, affine) in enumerate(shapes)]
+
     def next_batch():
-        tasks = []
-        while len(tasks) < 2:
-            mask, affine = shapes[int(rng.integers(len(shapes)))]
-            task = sample_task(mask, affine, cfg, rng)
-            if task is not None:
-                tasks.append(task)
-        return collate(tasks)
+        return draw_meta_batch(pool, cfg, rng, 2)
 
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
     train_meta(learner, next_batch, lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay), steps=4,

@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from inr_engine.datasets import Shape
 from inr_engine.fit import FitStep, fit
 from inr_engine.meta import ALGORITHMS, MetaLearner, batched_forward, expand_params
 from inr_engine.methods.shape_completion import OccupancyINR, collate, occupancy_loss, sample_task
+from inr_engine.methods.shape_training import draw_meta_batch
 from inr_engine.networks import Siren
 from inr_engine.runtime import seed_everything
 from inr_engine.train import train_meta
@@ -247,14 +249,10 @@ def _meta_train(tiny_cfg, shapes, seed=0, steps=3, algorithm=None):
     cfg = tiny_cfg
     rng = seed_everything(seed)
 
+    pool = [Shape(mask, affine, f"ellipsoid-{n}") for n, (mask, affine) in enumerate(shapes)]
+
     def next_batch():
-        tasks = []
-        while len(tasks) < 2:
-            mask, affine = shapes[int(rng.integers(len(shapes)))]
-            task = sample_task(mask, affine, cfg, rng)
-            if task is not None:
-                tasks.append(task)
-        return collate(tasks)
+        return draw_meta_batch(pool, cfg, rng, 2)
 
     learner = MetaLearner(OccupancyINR(cfg), algorithm or cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
     initial = {k: v.detach().clone() for k, v in learner.state_dict().items()}

@@ -70,6 +70,17 @@ def validation_metrics(completer: ShapeCompleter, shapes: list[Shape], settings:
     return out
 
 
+def draw_meta_batch(shapes: list[Shape], cfg: ShapeConfig, rng: np.random.Generator, size: int) -> tuple:
+    """``size`` tasks from randomly chosen shapes, collated into (context, target)."""
+    tasks = []
+    while len(tasks) < size:
+        shape = shapes[int(rng.integers(len(shapes)))]
+        task = sample_task(shape.mask, shape.affine, cfg, rng)
+        if task is not None:
+            tasks.append(task)
+    return collate(tasks)
+
+
 class TaskStream:
     """Meta-batches drawn in a background thread (NumPy and SciPy release the GIL)."""
 
@@ -79,18 +90,9 @@ class TaskStream:
         self.queue: queue.Queue = queue.Queue(prefetch)
         threading.Thread(target=self._fill, daemon=True).start()
 
-    def _batch(self):
-        tasks = []
-        while len(tasks) < self.meta_batch:
-            shape = self.shapes[int(self.rng.integers(len(self.shapes)))]
-            task = sample_task(shape.mask, shape.affine, self.cfg, self.rng)
-            if task is not None:
-                tasks.append(task)
-        return collate(tasks)
-
     def _fill(self):
         while True:
-            self.queue.put(self._batch())
+            self.queue.put(draw_meta_batch(self.shapes, self.cfg, self.rng, self.meta_batch))
 
     def __call__(self):
         return self.queue.get()
