@@ -126,15 +126,19 @@ def _box_voxels(lo, hi) -> np.ndarray:
     return np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
 
 
-def _slice_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi, held_out: bool):
-    """Every annotated voxel inside the box: (ijk, evidence features, labels, |signed distance| mm).
+@dataclass
+class _SliceVoxels:
+    """Every annotated voxel inside the decoded box, with the slice it lies on."""
 
-    With ``held_out``, each slice is described by the evidence of the *other* slices (leave one
-    slice out): on an annotated slice the full evidence already states the label, so fitting
-    to it alone would teach nothing, whereas predicting each slice from its neighbours is the
-    case's own interpolation problem and gives the test-time fit its signal.
-    """
-    ijks, feats, labels, dists = [], [], [], []
+    ijk: np.ndarray  # (n, 3)
+    labels: np.ndarray  # (n,) float32
+    distance: np.ndarray  # (n,) |signed distance| to the slice's contour, mm
+    axis: np.ndarray  # (n,) axis of the slice
+    slice_number: np.ndarray  # (n,) index of the slice among that axis' annotated slices
+
+
+def _slice_voxels(sparse: np.ndarray, evidence: SliceEvidence, lo, hi) -> _SliceVoxels:
+    ijks, labels, dists, axes, numbers = [], [], [], [], []
     for a, ax in evidence.axes.items():
         plane = [b for b in range(3) if b != a]
         uv = np.stack(np.meshgrid(np.arange(lo[plane[0]], hi[plane[0]]),
@@ -146,11 +150,26 @@ def _slice_context(sparse: np.ndarray, evidence: SliceEvidence, lo, hi, held_out
             ijk[:, a] = pos
             ijk[:, plane] = uv
             ijks.append(ijk)
-            feats.append((evidence.without(a, n) if held_out else evidence).features(ijk))
             labels.append(sparse[tuple(ijk.T)])
             dists.append(np.abs(ax.sdf[n][tuple(uv.T)]))
-    return (np.concatenate(ijks), np.concatenate(feats), np.concatenate(labels).astype(np.float32),
-            np.concatenate(dists))
+            axes.append(np.full(len(uv), a))
+            numbers.append(np.full(len(uv), n))
+    return _SliceVoxels(np.concatenate(ijks), np.concatenate(labels).astype(np.float32), np.concatenate(dists),
+                        np.concatenate(axes), np.concatenate(numbers))
+
+
+def _held_out_features(evidence: SliceEvidence, voxels: _SliceVoxels, pick: np.ndarray) -> np.ndarray:
+    """Features of the picked annotated voxels, each described by the evidence of the *other*
+    slices (leave one slice out): on an annotated slice the full evidence already states the
+    label, so fitting to it alone would teach nothing, whereas predicting each slice from its
+    neighbours is the case's own interpolation problem and gives the test-time fit its signal."""
+    out = np.empty((len(pick), NUM_FEATURES), np.float32)
+    groups = voxels.axis[pick] * 10**6 + voxels.slice_number[pick]
+    for group in np.unique(groups):
+        rows = groups == group
+        a, n = divmod(int(group), 10**6)
+        out[rows] = evidence.without(a, n).features(voxels.ijk[pick[rows]])
+    return out
 
 
 def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndarray) -> np.ndarray:
@@ -168,7 +187,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     """Find the annotated slices (unless given), build the evidence, region, frame and context.
 
     The context the fit sees is half annotated voxels with the full evidence (the annotations
-    must be honoured) and half with each slice held out (see :func:`_slice_context`).
+    must be honoured) and half with each slice held out (see :func:`_held_out_features`).
     """
     t0 = time.perf_counter()
     sparse = np.asarray(sparse) > 0
@@ -187,12 +206,14 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
     rng = np.random.default_rng(0) if rng is None else rng
     band = 2.0 * float(evidence.spacing.max())
-    parts = []
-    for held_out, count in ((False, cfg.context_points // 2), (True, cfg.context_points - cfg.context_points // 2)):
-        ijk, feats, labels, dist = _slice_context(sparse, evidence, lo, hi, held_out)
-        pick = _balanced_sample(rng, len(ijk), count, dist <= band)
-        parts.append((frame.ijk_to_network(ijk[pick], affine), feats[pick], labels[pick]))
-    context = tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
+    voxels = _slice_voxels(sparse, evidence, lo, hi)
+    near = voxels.distance <= band
+    exact = _balanced_sample(rng, len(near), cfg.context_points // 2, near)
+    held = _balanced_sample(rng, len(near), cfg.context_points - cfg.context_points // 2, near)
+    pick = np.concatenate([exact, held])
+    feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
+    context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick], affine)), torch.from_numpy(feats),
+               torch.from_numpy(voxels.labels[pick]))
     return Case(evidence, np.asarray(affine, np.float64), frame, lo, hi, context,
                 {"prepare": time.perf_counter() - t0})
 
