@@ -65,7 +65,7 @@ def run_complete(args) -> dict:
     from tqdm import tqdm
 
     from .complete import complete_labelmap
-    from .io import read_volume, write_volume
+    from .io import read_volume
     from .methods.shape_completion import ShapeCompleter
     from .priors import load_prior
     from .runtime import resolve_device, seed_everything
@@ -98,7 +98,7 @@ def run_complete(args) -> dict:
               **result.report, "load_seconds": t_loaded - t_start}
     if args.reference:
         report["dice"] = _dice_against(args.reference, volume, result.labels)
-    _write_outputs(args, volume, result, report, write_volume)
+    _write_outputs(args, volume, result, report)
     return report
 
 
@@ -112,9 +112,10 @@ def _dice_against(reference: str, volume, labels: np.ndarray) -> dict[str, float
     return {str(lab): dice(labels == lab, ref.array == lab) for lab in np.unique(labels) if lab != 0}
 
 
-def _write_outputs(args, volume, result, report, write_volume) -> None:
+def _write_outputs(args, volume, result, report) -> None:
     from vtkmodules.vtkFiltersCore import vtkAppendPolyData
 
+    from .io import write_volume
     from .mesh import write_mesh
 
     written: list[Path] = []
@@ -168,7 +169,8 @@ def run_train_shape(args) -> dict:
     from .methods.shape_training import train_shape_prior
     from .runtime import resolve_device
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = dict(kv.split("=", 1) for kv in args.config or [])
     fields = ShapeConfig.__dataclass_fields__
     unknown = set(overrides) - set(fields)

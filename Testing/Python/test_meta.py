@@ -12,7 +12,7 @@ from torch.func import functional_call
 from inr_engine.datasets import Shape
 from inr_engine.fit import FitStep, fit
 from inr_engine.meta import ALGORITHMS, MetaLearner, batched_forward, expand_params
-from inr_engine.methods.shape_completion import OccupancyINR, collate, occupancy_loss, sample_task
+from inr_engine.methods.shape_completion import OccupancyINR, occupancy_loss
 from inr_engine.methods.shape_training import draw_meta_batch
 from inr_engine.networks import Siren
 from inr_engine.runtime import seed_everything
@@ -289,10 +289,7 @@ def test_meta_training_is_deterministic_with_a_seed(tiny_cfg, synthetic_shapes):
 def test_train_meta_calls_validate_log_and_checkpoint(tiny_cfg, synthetic_shapes):
     cfg = tiny_cfg
     rng = seed_everything(0)
-    task = None
-    while task is None:
-        task = sample_task(*synthetic_shapes[0], cfg, rng)
-    batch = collate([task, task])
+    batch = draw_meta_batch([Shape(*synthetic_shapes[0], "ellipsoid")], cfg, rng, 2)
     learner = MetaLearner(OccupancyINR(cfg), "fomaml", 1, cfg.inner_lr)
     scores = iter([0.5, 0.9, 0.7])
     logged, saved = [], []
@@ -313,10 +310,7 @@ def test_train_meta_calls_validate_log_and_checkpoint(tiny_cfg, synthetic_shapes
 def test_train_meta_reports_mean_loss_of_a_short_final_interval(tiny_cfg, synthetic_shapes):
     cfg = tiny_cfg
     rng = seed_everything(0)
-    task = None
-    while task is None:
-        task = sample_task(*synthetic_shapes[0], cfg, rng)
-    batch = collate([task])
+    batch = draw_meta_batch([Shape(*synthetic_shapes[0], "ellipsoid")], cfg, rng, 1)
     learner = MetaLearner(OccupancyINR(cfg), "fomaml", 1, cfg.inner_lr)
 
     def loss_fn(lo, la, p):
