@@ -6,9 +6,10 @@ fixed-length feature vector for any point of the volume (fractional positions in
 that the occupancy network can be evaluated on the voxel grid or on a finer mesh grid:
 
 per axis with annotations, 9 values:
-  interpolated signed distance between the two neighbouring slices, after shifting each
-  slice's contour by the in-plane centroid displacement (shape-based interpolation that
-  follows tube-like structures), the signed distances on the previous and the next slice and
+  interpolated signed distance between the two neighbouring slices, blended along the
+  registered correspondence between them (:mod:`.slice_flow`: shape-based interpolation that
+  follows structures as they move, bend and split), the signed distances on the previous and
+  the next slice (at the corresponding points) and
   on the slices beyond those (curvature), distance to the nearest annotated slice, distance
   beyond the first/last slice, gap between the neighbouring slices, and a flag that the axis
   has annotations;
@@ -20,10 +21,12 @@ it (a 45-degree taper rather than an extrusion).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
+
+from .slice_flow import SliceFlow, slice_flow
 
 SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_MM)
 DIST_SCALE_MM = 20.0  # slice distances as tanh(d / DIST_SCALE_MM)
@@ -120,6 +123,13 @@ class _AxisEvidence:
     sdf: np.ndarray  # (m, n_b, n_c) signed distance in mm, per slice
     centroids: np.ndarray  # (m, 2) in-plane centroid (voxel units); NaN for empty slices
     step_mm: float  # spacing along the axis
+    sampling: tuple[float, float]  # in-plane spacing
+    flows: list[SliceFlow] = field(default_factory=list)  # (m - 1) correspondences between consecutive slices
+
+
+def _flow_between(ev: _AxisEvidence, a: int, b: int) -> SliceFlow:
+    shift = ev.centroids[b] - ev.centroids[a]
+    return slice_flow(ev.sdf[a], ev.sdf[b], np.where(np.isnan(shift), 0.0, shift), ev.sampling)
 
 
 class SliceEvidence:
@@ -148,17 +158,24 @@ class SliceEvidence:
         for n, s in enumerate(stack):
             if s.any():
                 cents[n] = ndimage.center_of_mass(s)
-        return _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]))
+        ev = _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]), sampling)
+        ev.flows = [_flow_between(ev, n, n + 1) for n in range(len(idx) - 1)]
+        return ev
 
     def without(self, axis: int, n: int) -> SliceEvidence:
-        """The evidence without the ``n``-th annotated slice along ``axis`` (nothing recomputed)."""
+        """The evidence without the ``n``-th annotated slice along ``axis`` (only the flow across the gap
+        it leaves is computed)."""
         other = copy.copy(self)
         ev = self.axes[axis]
         keep = np.arange(len(ev.positions)) != n
         other.axes = dict(self.axes)
         other.slices = dict(self.slices)
         if keep.any():
-            other.axes[axis] = _AxisEvidence(ev.positions[keep], ev.sdf[keep], ev.centroids[keep], ev.step_mm)
+            flows = ev.flows[:max(n - 1, 0)] + ev.flows[n + 1:]
+            if 0 < n < len(ev.positions) - 1:
+                flows.insert(n - 1, _flow_between(ev, n - 1, n + 1))
+            other.axes[axis] = replace(ev, positions=ev.positions[keep], sdf=ev.sdf[keep],
+                                       centroids=ev.centroids[keep], flows=flows)
             other.slices[axis] = [p for i, p in enumerate(self.slices[axis]) if i != n]
         else:
             del other.axes[axis], other.slices[axis]
@@ -204,8 +221,10 @@ class SliceEvidence:
         nxt = np.where(after, m - 1, np.where(before, 0, nxt))
         gap = ev.positions[nxt] - ev.positions[prv]
         t = np.where(gap > 0, (k - ev.positions[prv]) / np.maximum(gap, 1e-9), 0.0)
-        shift = ev.centroids[nxt] - ev.centroids[prv]
-        shift = np.where(np.isnan(shift), 0.0, shift)
+        shift = np.zeros_like(uv)
+        for g in np.unique(prv[gap > 0]):
+            rows = (prv == g) & (gap > 0)
+            shift[rows] = ev.flows[g].shift(uv[rows])
         d_prev = _sample(ev.sdf, prv, uv - t[:, None] * shift)
         d_next = _sample(ev.sdf, nxt, uv + (1.0 - t)[:, None] * shift)
         d_prev2 = _sample(ev.sdf, np.clip(prv - 1, 0, m - 1), uv)
