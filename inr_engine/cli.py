@@ -203,7 +203,8 @@ def run_train_shape(args) -> dict:
     return train_shape_prior(train, val, cfg, args.out, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
                              seed=args.seed, device=resolve_device(args.device), settings=settings,
                              description=args.description or f"shape completion prior ({args.dataset})",
-                             training_data=training, log_path=args.log, time_limit_s=args.time_limit)
+                             training_data=training, log_path=args.log, time_limit_s=args.time_limit,
+                             data_workers=args.data_workers)
 
 
 # --------------------------------------------------------------------------- priors
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--config", nargs="*", help="ShapeConfig overrides, e.g. hidden_features=96 scale_mm=60")
     ts.add_argument("--device", default="auto")
     ts.add_argument("--threads", type=int, help="torch CPU threads")
+    ts.add_argument("--data-workers", type=int, default=1,
+                    help="threads drawing training tasks (slice registration); the task sequence depends on "
+                         "the seed and this number")
     ts.add_argument("--time-limit", type=float, help="stop after this many seconds")
     ts.add_argument("--log", help="JSON-lines training log")
     ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")

@@ -10,6 +10,7 @@ import torch
 
 from inr_engine.cli import SAMPLES_DIR
 from inr_engine.complete import complete_labelmap, input_labels
+from inr_engine.datasets import Shape
 from inr_engine.frames import spacing
 from inr_engine.io import read_volume
 from inr_engine.methods.shape_completion import (
@@ -21,7 +22,7 @@ from inr_engine.methods.shape_completion import (
     region_of_interest,
     sample_task,
 )
-from inr_engine.methods.shape_training import protocol_dice
+from inr_engine.methods.shape_training import TaskStream, protocol_dice
 from inr_engine.methods.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
@@ -241,6 +242,17 @@ def test_sample_task_and_collate(tiny_cfg, ellipsoid):
     for t in (ctx_in[0], ctx_in[1], ctx_y, tgt_in[0], tgt_in[1], tgt_y):
         assert torch.isfinite(t).all()
     assert 0 < tgt_y.mean() < 1
+
+
+def test_task_stream_with_several_workers_is_reproducible(tiny_cfg, ellipsoid):
+    shapes = [Shape(*ellipsoid, "ellipsoid")]
+
+    def first_labels(workers):
+        with TaskStream(shapes, tiny_cfg, meta_batch=2, seed=3, workers=workers) as stream:
+            return [stream()[1][1] for _ in range(4)]
+
+    for a, b in zip(first_labels(2), first_labels(2)):
+        torch.testing.assert_close(a, b)
 
 
 def test_occupancy_loss_per_task(tiny_cfg):

@@ -7,9 +7,9 @@ of a new case complete it. What this implementation adds, because a coordinate-o
 only ties with morphological interpolation on small structures (see README, benchmark):
 
 * the network also sees what the annotated slices say about each point
-  (:class:`~inr_engine.methods.slices.SliceEvidence`: centroid-aligned shape-based
-  interpolation, distances to the slices), and its logit is a learned correction of the
-  interpolated signed distance (``alpha`` and ``beta``);
+  (:class:`~inr_engine.methods.slices.SliceEvidence`: shape-based interpolation along the
+  registered correspondence between neighbouring slices, distances to the slices), and its
+  logit is a learned correction of the interpolated signed distance (``alpha`` and ``beta``);
 * Meta-SGD (learned per-parameter inner step sizes) instead of a fixed inner rate;
 * training tasks with random spacing, offset and orientation (single and mixed axes).
 """

@@ -82,30 +82,60 @@ def draw_meta_batch(shapes: list[Shape], cfg: ShapeConfig, rng: np.random.Genera
 
 
 class TaskStream:
-    """Meta-batches drawn in a background thread (NumPy and SciPy release the GIL)."""
+    """Meta-batches drawn in background threads (NumPy, SciPy and SimpleITK release the GIL).
 
-    def __init__(self, shapes: list[Shape], cfg: ShapeConfig, meta_batch: int, seed: int, prefetch: int = 4):
+    Worker ``i`` of ``workers`` draws batches ``i, i + workers, ...`` from its own generator and
+    the stream hands them out in that order, so the sequence depends on the seed and the
+    number of workers, not on thread timing. Use it as a context manager (or call ``close``):
+    threads still inside native code when the interpreter exits abort the process.
+    """
+
+    def __init__(self, shapes: list[Shape], cfg: ShapeConfig, meta_batch: int, seed: int, workers: int = 1,
+                 prefetch: int = 4):
         self.shapes, self.cfg, self.meta_batch = shapes, cfg, meta_batch
-        self.rng = np.random.default_rng(seed)
-        self.queue: queue.Queue = queue.Queue(prefetch)
-        threading.Thread(target=self._fill, daemon=True).start()
+        self.queues = [queue.Queue(max(1, prefetch // workers)) for _ in range(workers)]
+        self.turn = 0
+        self.stopping = threading.Event()
+        rngs = np.random.default_rng(seed).spawn(workers) if workers > 1 else [np.random.default_rng(seed)]
+        self.threads = [threading.Thread(target=self._fill, args=(q, rng), daemon=True)
+                        for q, rng in zip(self.queues, rngs)]
+        for thread in self.threads:
+            thread.start()
 
-    def _fill(self):
-        while True:
-            self.queue.put(draw_meta_batch(self.shapes, self.cfg, self.rng, self.meta_batch))
+    def _fill(self, out: queue.Queue, rng: np.random.Generator) -> None:
+        while not self.stopping.is_set():
+            batch = draw_meta_batch(self.shapes, self.cfg, rng, self.meta_batch)
+            while not self.stopping.is_set():
+                try:
+                    out.put(batch, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     def __call__(self):
-        return self.queue.get()
+        batch = self.queues[self.turn].get()
+        self.turn = (self.turn + 1) % len(self.queues)
+        return batch
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def __enter__(self) -> TaskStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, out: str | Path, *, steps: int,
                       meta_batch: int, lr: float, seed: int, device: torch.device, settings: list[tuple[str, int]],
                       description: str, training_data: dict, log_path: str | Path | None = None,
-                      time_limit_s: float | None = None) -> dict:
+                      time_limit_s: float | None = None, data_workers: int = 1) -> dict:
     """Meta-train a shape prior and write the best validated state to ``out``."""
     torch.manual_seed(seed)
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
-    stream = TaskStream(train, cfg, meta_batch, seed + distributed_context()[0])
 
     def loss_fn(logits, labels, params):
         return occupancy_loss(logits, labels, params, cfg.weight_decay)
@@ -119,6 +149,8 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
                               outer_lr=lr)
         save_prior(out, prior_tensors(lrn), meta)
 
-    result = train_meta(learner, stream, loss_fn, steps, lr, device, validate, validate_every=max(steps // 12, 50),
-                        log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s)
+    with TaskStream(train, cfg, meta_batch, seed + distributed_context()[0], data_workers) as stream:
+        result = train_meta(learner, stream, loss_fn, steps, lr, device, validate,
+                            validate_every=max(steps // 12, 50), log=json_logger(log_path), checkpoint=checkpoint,
+                            time_limit_s=time_limit_s)
     return {"best": result.best, "seconds": result.seconds, "steps": result.steps, "config": asdict(cfg)}
