@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Re-trains the two bundled shape-completion priors exactly as shipped (2 CPU cores, ~30 and
-# ~40 minutes; the commands also run on a GPU with --device cuda, or on several with torchrun).
+# Re-trains the two bundled shape-completion priors exactly as shipped: 2 CPU cores, 30 and 40
+# minutes (the time limits below, so the step reached depends on the machine). The commands
+# also run on a GPU with --device cuda, or on several with torchrun.
 # Data: ../shared/data (see its README). Logs go to runs/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +20,7 @@ inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24
 # Head-and-neck organs (all 21, both raters) of 20 scans; validation = 5 scans chosen with
 # split seed 0 (inr_engine.datasets.hn_split), oncologist masks of the parotids, mandible,
 # brainstem and spinal cord. Gaps of 4-24 mm in training cover every 2nd-10th 2.5 mm slice.
-inr-engine train shape "${COMMON[@]}" --threads 1 --time-limit 2400 --max-val 25 \
+inr-engine train shape "${COMMON[@]}" --threads 1 --data-workers 2 --time-limit 2400 --max-val 25 \
     --dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache \
     --config algorithm=fometasgd context_points=1024 target_points=2048 scale_mm=64 margin_mm=10 \
              every_min=4 every_max=24 adam_lr=3e-6 \

@@ -259,6 +259,15 @@ def test_wrong_architecture_refused(tmp_path, tiny_cfg):
         ShapeCompleter.from_prior(load_prior(other, task=TASK))
 
 
+def test_prior_of_other_slice_evidence_refused(tmp_path, tiny_cfg):
+    prior = load_prior(_shape_prior(tmp_path, tiny_cfg), task=TASK)
+    for architecture in ({k: v for k, v in prior.metadata["architecture"].items() if k != "evidence"},
+                         {**prior.metadata["architecture"], "evidence": "slice-evidence v1"}):
+        other = save_prior(tmp_path / "old.safetensors", prior.tensors, dict(prior.metadata, architecture=architecture))
+        with pytest.raises(PriorError, match="use a prior trained with this engine version"):
+            ShapeCompleter.from_prior(load_prior(other, task=TASK))
+
+
 def test_other_frame_convention_refused(tmp_path, tiny_cfg):
     prior = load_prior(_shape_prior(tmp_path, tiny_cfg), task=TASK)
     meta = dict(prior.metadata, frame={"convention": "lps-something; v0"})

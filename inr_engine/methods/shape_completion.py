@@ -33,7 +33,7 @@ from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
 from ..networks import Siren
 from ..priors import Prior, PriorError
-from .slices import NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
+from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
 TASK = "shape_completion"
 
@@ -286,6 +286,10 @@ class ShapeCompleter:
         meta = prior.metadata
         if meta.get("frame", {}).get("convention") != FRAME_CONVENTION:
             raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
+        evidence = meta.get("architecture", {}).get("evidence")
+        if evidence != EVIDENCE_VERSION:
+            raise PriorError(f"{prior.path} was trained on {evidence or 'an earlier slice evidence'!r}; this engine "
+                             f"computes {EVIDENCE_VERSION!r}: use a prior trained with this engine version")
         known = ShapeConfig.__dataclass_fields__
         cfg = ShapeConfig(**{k: v for k, v in meta["config"].items() if k in known})
         model = OccupancyINR(cfg)
@@ -357,4 +361,5 @@ def prior_metadata(cfg: ShapeConfig, **extra) -> dict:
     return {"task": TASK, "config": asdict(cfg), "frame": {"convention": FRAME_CONVENTION, "scale_mm": cfg.scale_mm},
             "architecture": {"network": "OccupancyINR(SIREN on coords + slice evidence)",
                              "in_features": 3 + NUM_FEATURES, "hidden_features": cfg.hidden_features,
-                             "hidden_layers": cfg.hidden_layers, "omega_0": cfg.omega_0}, **extra}
+                             "hidden_layers": cfg.hidden_layers, "omega_0": cfg.omega_0,
+                             "evidence": EVIDENCE_VERSION}, **extra}

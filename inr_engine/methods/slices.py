@@ -32,6 +32,8 @@ SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_M
 DIST_SCALE_MM = 20.0  # slice distances as tanh(d / DIST_SCALE_MM)
 SDF_CAP_MM = 50.0  # signed distance assigned on slices annotated as empty
 FEATURES_PER_AXIS = 9
+# Priors record the evidence they were trained on: features of another version mean other things.
+EVIDENCE_VERSION = "slice-evidence v2: signed distances blended along demons correspondence"
 NUM_FEATURES = 3 * FEATURES_PER_AXIS + 1
 
 
