@@ -1,11 +1,17 @@
-"""Device choice and seeding."""
+"""Device choice, seeding and CPU parallelism."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -25,3 +31,16 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on as many threads as PyTorch may use (``torch.set_num_threads``).
+
+    For work that releases the GIL (SimpleITK filters, SciPy and NumPy on arrays).
+    """
+    items = list(items)
+    workers = min(len(items), torch.get_num_threads())
+    if workers < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))

@@ -79,3 +79,23 @@ def test_flow_is_the_same_motion_at_any_pixel_size():
         moves_mm.append(flow.shift(np.array([[23.0, 23.0]]) / pixel_mm)[0] * pixel_mm)
     np.testing.assert_allclose(moves_mm[0], [6.0, 10.0], atol=1.5)
     np.testing.assert_allclose(moves_mm[1], moves_mm[0], atol=1.0)
+
+
+def test_case_is_the_same_on_one_thread_and_on_several(ellipsoid_factory, tiny_cfg):
+    import torch
+
+    from inr_engine.methods.shape_completion import prepare_case
+
+    mask, affine = ellipsoid_factory((24, 24, 24), (9.0, 7.0, 8.0))
+    sparse = np.zeros_like(mask)
+    sparse[4:21:4] = mask[4:21:4]
+    threads = torch.get_num_threads()
+    try:
+        cases = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            cases.append(prepare_case(sparse, affine, tiny_cfg))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(cases[0].context, cases[1].context):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -33,6 +33,7 @@ from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
 from ..networks import Siren
 from ..priors import Prior, PriorError
+from ..runtime import thread_map
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
 TASK = "shape_completion"
@@ -165,10 +166,14 @@ def _held_out_features(evidence: SliceEvidence, voxels: _SliceVoxels, pick: np.n
     neighbours is the case's own interpolation problem and gives the test-time fit its signal."""
     out = np.empty((len(pick), NUM_FEATURES), np.float32)
     groups = voxels.axis[pick] * 10**6 + voxels.slice_number[pick]
-    for group in np.unique(groups):
-        rows = groups == group
+
+    def features_without(group: int) -> np.ndarray:
         a, n = divmod(int(group), 10**6)
-        out[rows] = evidence.without(a, n).features(voxels.ijk[pick[rows]])
+        return evidence.without(a, n).features(voxels.ijk[pick[groups == group]])
+
+    unique = np.unique(groups)
+    for group, feats in zip(unique, thread_map(features_without, unique)):
+        out[groups == group] = feats
     return out
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
+from ..runtime import thread_map
 from .slice_flow import SliceFlow, slice_flow
 
 SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_MM)
@@ -161,7 +162,7 @@ class SliceEvidence:
             if s.any():
                 cents[n] = ndimage.center_of_mass(s)
         ev = _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]), sampling)
-        ev.flows = [_flow_between(ev, n, n + 1) for n in range(len(idx) - 1)]
+        ev.flows = thread_map(lambda n: _flow_between(ev, n, n + 1), range(len(idx) - 1))
         return ev
 
     def without(self, axis: int, n: int) -> SliceEvidence:
