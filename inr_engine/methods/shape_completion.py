@@ -167,13 +167,12 @@ def _held_out_features(evidence: SliceEvidence, voxels: _SliceVoxels, pick: np.n
     out = np.empty((len(pick), NUM_FEATURES), np.float32)
     groups = voxels.axis[pick] * 10**6 + voxels.slice_number[pick]
 
-    def features_without(group: int) -> np.ndarray:
+    def fill_without(group: int) -> None:
         a, n = divmod(int(group), 10**6)
-        return evidence.without(a, n).features(voxels.ijk[pick[groups == group]])
+        rows = groups == group
+        out[rows] = evidence.without(a, n).features(voxels.ijk[pick[rows]])
 
-    unique = np.unique(groups)
-    for group, feats in zip(unique, thread_map(features_without, unique)):
-        out[groups == group] = feats
+    thread_map(fill_without, np.unique(groups))  # each group writes its own rows
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 FLOW_LEVELS_MM = (4.0, 2.0)  # pixel size of the pyramid's levels, coarse to fine (finer adds time, not accuracy)
@@ -67,8 +68,6 @@ def slice_flow(sdf_prev: np.ndarray, sdf_next: np.ndarray, centroid_shift: np.nd
 def _demons(moving: np.ndarray, fixed: np.ndarray, initial: np.ndarray, shrink: list[list[int]]) -> np.ndarray:
     """ITK symmetric-forces demons over the ``shrink`` pyramid (per level, factors along the two
     array axes); returns the (2, n_b, n_c) prev -> next displacement in pixels."""
-    import SimpleITK as sitk
-
     fixed_image = sitk.GetImageFromArray(np.ascontiguousarray(fixed, np.float32))
     moving_image = sitk.GetImageFromArray(np.ascontiguousarray(moving, np.float32))
     # ITK's field maps a fixed (next) point to the moving (previous) one, in (x, y) = (column, row)
@@ -92,8 +91,6 @@ def _demons(moving: np.ndarray, fixed: np.ndarray, initial: np.ndarray, shrink: 
 
 
 def _shrunk(image, factors: list[int]):
-    import SimpleITK as sitk
-
     if max(factors) == 1:
         return image
     smooth = sitk.SmoothingRecursiveGaussianImageFilter()
@@ -106,8 +103,6 @@ def _shrunk(image, factors: list[int]):
 
 
 def _resampled(field, reference):
-    import SimpleITK as sitk
-
     resample = sitk.ResampleImageFilter()
     resample.SetReferenceImage(reference)
     resample.SetInterpolator(sitk.sitkLinear)
