@@ -1,8 +1,9 @@
-"""Training and evaluation shapes: binary masks with their IJK->RAS affines.
+"""Training and evaluation data: binary shapes, and labelled images, with their IJK->RAS affines.
 
-Sources: AdrenalMNIST3D (``.npz``, 64^3 at 1 mm), the DeepMind head-and-neck organ masks
+Shapes come from AdrenalMNIST3D (``.npz``, 64^3 at 1 mm), the DeepMind head-and-neck organ masks
 (``<rater>/<scan>/segmentations/<Organ>.nrrd``, cropped to each organ), and any directory of
-NIfTI/NRRD label maps (each label value a separate shape).
+NIfTI/NRRD label maps (each label value a separate shape). Labelled images (for segmentation)
+come from a folder in the Medical Segmentation Decathlon layout, such as MSD Task04 Hippocampus.
 """
 
 from __future__ import annotations
@@ -108,6 +109,56 @@ def hn_split(root: str | Path, n_val: int = 5, seed: int = 0) -> tuple[list[str]
 
     Both raters' masks of a scan fall on the same side, so validation scans are unseen.
     """
-    scans = hn_scans(root)
-    val = sorted(np.random.default_rng(seed).choice(scans, n_val, replace=False).tolist())
-    return [s for s in scans if s not in val], val
+    return seeded_split(hn_scans(root), n_val, seed)
+
+
+def seeded_split(names: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
+    """(training names, validation names): ``n_val`` names drawn with ``seed``, both in input order."""
+    if not 0 < n_val < len(names):
+        raise ValueError(f"cannot hold out {n_val} of {len(names)} items for validation")
+    val = sorted(np.random.default_rng(seed).choice(names, n_val, replace=False).tolist())
+    return [s for s in names if s not in val], val
+
+
+@dataclass
+class LabelledImage:
+    image: np.ndarray  # raw intensities (i, j, k)
+    labels: np.ndarray  # integer label map on the same grid
+    affine: np.ndarray
+    name: str
+
+
+IMAGE_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+
+
+def labelled_image_names(root: str | Path) -> list[str]:
+    """File names present in both the image and the label folder of ``root`` (``images/`` and
+    ``labels/``, or the Decathlon's ``imagesTr/`` and ``labelsTr/``)."""
+    images, labels = _image_folders(root)
+    return sorted(p.name for p in images.iterdir()
+                  if p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith(".")
+                  and (labels / p.name).is_file())
+
+
+def labelled_images(root: str | Path, names: list[str] | None = None) -> list[LabelledImage]:
+    """Image/label pairs of ``root`` (all, or ``names``); each pair must share its grid."""
+    images, labels = _image_folders(root)
+    names = labelled_image_names(root) if names is None else names
+    if not names:
+        raise VolumeError(f"{root}: no image with a label map of the same name")
+    out = []
+    for name in names:
+        image, label = read_volume(images / name), read_volume(labels / name)
+        if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-4):
+            raise VolumeError(f"{name}: the image and its label map are on different grids")
+        out.append(LabelledImage(image.array, np.rint(label.array).astype(np.int64), image.affine,
+                                 re.sub(r"\.(nii\.gz|nii|nrrd|nhdr)$", "", name)))
+    return out
+
+
+def _image_folders(root: str | Path) -> tuple[Path, Path]:
+    for image_dir, label_dir in IMAGE_FOLDERS:
+        if (Path(root) / image_dir).is_dir() and (Path(root) / label_dir).is_dir():
+            return Path(root) / image_dir, Path(root) / label_dir
+    raise VolumeError(f"{root}: expected sub-folders images/ and labels/ (or imagesTr/ and labelsTr/)")
