@@ -1,4 +1,4 @@
-"""``inr-engine``: shape completion, prior training and prior management from the command line."""
+"""``inr-engine``: segmentation, shape completion, prior training and prior management from the command line."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import numpy as np
 from .files import atomic_output
 from .frames import GeometryError
 from .io import VolumeError
+from .methods.segmentation import SegmentationError
 from .methods.slices import SliceError
 from .priors import PriorError
 
-USER_ERRORS = (VolumeError, SliceError, PriorError, GeometryError, OSError)
+USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OSError)
 HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 
@@ -51,11 +52,11 @@ def _check_outputs(args) -> None:
     from .mesh import MESH_SUFFIXES
 
     file_format(args.output)
-    if args.mesh and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
+    if getattr(args, "mesh", None) and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
         raise UsageError(f"--mesh {args.mesh}: use one of {', '.join(MESH_SUFFIXES)}")
-    paths = [Path(p).resolve() for p in (args.input, args.output, args.mesh, args.report) if p]
+    paths = [Path(p).resolve() for p in (args.input, args.output, getattr(args, "mesh", None), args.report) if p]
     if len(set(paths)) != len(paths):
-        raise UsageError("--output, --mesh and --report must differ from each other and from the input: "
+        raise UsageError("the output files must differ from each other and from the input: "
                          "one would overwrite another")
 
 
@@ -136,12 +137,56 @@ def _write_outputs(args, volume, result, report) -> None:
         raise
 
 
+# --------------------------------------------------------------------------- segment
+def run_segment(args) -> dict:
+    """Segment an image file with MetaSeg or NISF; writes the outputs only when everything succeeded."""
+    from tqdm import tqdm
+
+    from .io import read_volume, write_volume
+    from .runtime import resolve_device, seed_everything
+    from .segment import load_segmenter, segment_image
+
+    _check_outputs(args)
+    seed_everything(args.seed)
+    t_start = time.perf_counter()
+    volume = read_volume(args.input)
+    segmenter = load_segmenter(args.method, args.prior, resolve_device(args.device), args.procedure,
+                               args.fit_weights)
+    t_loaded = time.perf_counter()
+    steps = segmenter.default_steps if args.steps is None else args.steps
+    if steps < 0:
+        raise UsageError("--steps must be >= 0")
+    with tqdm(total=steps, desc=f"{args.method}: fitting", unit="step", leave=False, disable=args.quiet) as bar:
+        def on_step(st, _volume):
+            bar.update(1)
+            bar.set_postfix(loss=f"{st.loss:.4f}")
+
+        result = segment_image(volume.array, volume.affine, segmenter, steps, on_step)
+    for message in result.report["warnings"]:
+        print(f"inr-engine segment: warning: {message}", file=sys.stderr)
+    report = {"input": str(args.input), "output": str(args.output), "method": args.method,
+              "prior": {"name": segmenter.prior.name, "path": str(segmenter.prior.path)},
+              **result.report, "load_seconds": t_loaded - t_start}
+    if args.method == "nisf":
+        report["procedure"], report["fit_weights"] = args.procedure, args.fit_weights
+    if args.reference:
+        report["dice"] = _dice_against(args.reference, volume, result.labels)
+    written = [write_volume(args.output, result.labels, volume)]
+    try:
+        if args.report:
+            _write_json(args.report, report)
+    except BaseException:
+        written[0].unlink(missing_ok=True)
+        raise
+    return report
+
+
 # --------------------------------------------------------------------------- demo
 def run_demo(args) -> dict:
-    """Complete the shipped sparse sample with the bundled prior; label map, mesh, PNG, Dice."""
+    """Complete the shipped sparse sample and segment the shipped image with the bundled priors."""
     out = Path(args.out)
-    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())
-    sample = next(s for s in samples["samples"] if s.get("demo"))
+    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())["samples"]
+    sample = next(s for s in samples if s.get("demo") and s["kind"] == "sparse")
     ns = argparse.Namespace(input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"),
                             mesh=str(out / "completed.stl"), prior=sample["prior"], steps=None,
                             device=args.device, report=str(out / "report.json"), label=None, slices=None,
@@ -156,8 +201,22 @@ def run_demo(args) -> dict:
         print(f"  label {lab}: Dice {d:.3f} against the full ground truth")
     phases = report["labels"][next(iter(report["labels"]))]["phases"]
     print("  phases (s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
-    print(f"outputs in {out}/: completed.nii.gz, completed.stl, overview.png, report.json")
-    return report
+
+    image = next(s for s in samples if s.get("demo") and s["kind"] == "image")
+    ns = argparse.Namespace(input=str(SAMPLES_DIR / image["file"]), output=str(out / "segmented.nii.gz"),
+                            method="metaseg", prior=image["prior"], steps=None, procedure="fast", fit_weights=False,
+                            device=args.device, report=str(out / "segmentation_report.json"), seed=0,
+                            quiet=args.quiet, reference=str(SAMPLES_DIR / image["labels"]))
+    seg_report = run_segment(ns)
+    names = seg_report["classes"] or []
+    print(f"segmented {image['file']} with MetaSeg prior '{image['prior']}' (labels never seen):")
+    for lab, d in seg_report["dice"].items():
+        name = names[int(lab)] if int(lab) < len(names) else f"label {lab}"
+        print(f"  {name}: Dice {d:.3f} against the ground truth")
+    print("  phases (s): " + ", ".join(f"{k} {v:.3f}" for k, v in seg_report["phases"].items()))
+    print(f"outputs in {out}/: completed.nii.gz, completed.stl, overview.png, report.json, segmented.nii.gz, "
+          "segmentation_report.json")
+    return {"completion": report, "segmentation": seg_report}
 
 
 # --------------------------------------------------------------------------- train
@@ -171,12 +230,7 @@ def run_train_shape(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = dict(kv.split("=", 1) for kv in args.config or [])
-    fields = ShapeConfig.__dataclass_fields__
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise UsageError(f"unknown --config keys {sorted(unknown)}; known: {sorted(fields)}")
-    cfg = ShapeConfig(**{k: type(fields[k].default)(v) for k, v in overrides.items()})
+    cfg = ShapeConfig(**_config_overrides(args.config, ShapeConfig))
     if args.dataset == "adrenalmnist3d":
         train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
         settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
@@ -205,6 +259,52 @@ def run_train_shape(args) -> dict:
                              description=args.description or f"shape completion prior ({args.dataset})",
                              training_data=training, log_path=args.log, time_limit_s=args.time_limit,
                              data_workers=args.data_workers)
+
+
+def run_train_segmentation(args) -> dict:
+    """``train metaseg`` / ``train nisf`` on a folder of images with label maps."""
+    import torch
+
+    from .datasets import labelled_image_names, labelled_images, seeded_split
+    from .methods import metaseg, nisf
+    from .methods.seg_training import train_metaseg_prior, train_nisf_prior
+    from .runtime import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_cls = metaseg.MetaSegConfig if args.method == "metaseg" else nisf.NISFConfig
+    cfg = config_cls(**_config_overrides(args.config, config_cls))
+    names = labelled_image_names(args.data)
+    held_out: list[str] = []
+    if args.holdout:
+        names, held_out = seeded_split(names, args.holdout, args.split_seed)
+    n_val = args.val if args.val is not None else max(1, len(names) // 10)
+    train_names, val_names = seeded_split(names, n_val, args.split_seed + 1)
+    train, val = labelled_images(args.data, train_names), labelled_images(args.data, val_names)
+    classes = args.classes or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)]
+    if len(classes) != cfg.num_classes:
+        raise UsageError(f"--classes names {len(classes)} classes, but num_classes is {cfg.num_classes}")
+    training = {"data": str(args.data), "subjects_train": len(train), "subjects_val": len(val),
+                "split": {"held_out": held_out, "validation": val_names, "split_seed": args.split_seed},
+                "command": " ".join(sys.argv)}
+    common = dict(steps=args.steps, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
+                  description=args.description or f"{args.method} segmentation prior ({Path(args.data).name})",
+                  training_data=training, log_path=args.log, time_limit_s=args.time_limit)
+    if args.method == "metaseg":
+        cfg.num_classes = len(classes)
+        return train_metaseg_prior(train, val, cfg, args.out, meta_batch=args.batch, class_names=classes,
+                                   **common)
+    return train_nisf_prior(train, val, cfg, args.out, latent_steps=args.latent_steps, batch=args.batch,
+                            class_names=classes, **common)
+
+
+def _config_overrides(pairs: list[str] | None, config_cls) -> dict:
+    overrides = dict(kv.split("=", 1) for kv in pairs or [])
+    fields = config_cls.__dataclass_fields__
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        raise UsageError(f"unknown --config keys {sorted(unknown)}; known: {sorted(fields)}")
+    return {k: type(fields[k].default)(v) for k, v in overrides.items()}
 
 
 # --------------------------------------------------------------------------- priors
@@ -251,7 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run_complete)
 
-    d = sub.add_parser("demo", help="complete the shipped sample with the bundled prior")
+    s = sub.add_parser("segment", help="segment an image with MetaSeg or NISF (the labels are never given)")
+    s.add_argument("input", help="image (.nii, .nii.gz, .nrrd), raw scanner intensities")
+    s.add_argument("--output", required=True, help="label map on exactly the input's grid")
+    s.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
+    s.add_argument("--prior", help="bundled prior name or prior file (default: the method's hippocampus prior)")
+    s.add_argument("--steps", type=int, help="fitting steps on the image's intensities (default: the prior's)")
+    s.add_argument("--procedure", choices=["fast", "paper"], default="fast",
+                   help="nisf: meta-learned latent start (fast) or the paper's N(0, 1e-4) start with Adam")
+    s.add_argument("--fit-weights", action="store_true", help="nisf: fit all weights, not only the latent")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    s.add_argument("--report", help="JSON report: per-step loss, time of each phase, warnings")
+    s.add_argument("--reference", help="ground-truth label map: adds Dice per class to the report")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_segment)
+
+    d = sub.add_parser("demo", help="complete and segment the shipped samples with the bundled priors")
     d.add_argument("--out", default="inr-engine-demo", help="output folder (default: ./inr-engine-demo)")
     d.add_argument("--device", default="auto")
     d.add_argument("--quiet", action="store_true")
@@ -283,6 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")
     ts.add_argument("--description")
     ts.set_defaults(func=run_train_shape)
+
+    for method, what in (("metaseg", "meta-learn a MetaSeg prior (intensity INR + class head)"),
+                         ("nisf", "train a NISF auto-decoder prior, then its fast latent initialisation")):
+        tm = tsub.add_parser(method, help=what)
+        tm.add_argument("--data", required=True, help="folder with images/ and labels/ (or imagesTr/, labelsTr/): "
+                                                      "NIfTI/NRRD files of the same names")
+        tm.add_argument("--out", required=True, help="prior file to write (.safetensors)")
+        tm.add_argument("--steps", type=int, default=3000, help="outer (meta) steps, or auto-decoder steps (nisf)")
+        tm.add_argument("--batch", type=int, default=4 if method == "metaseg" else 8, help="subjects per step")
+        tm.add_argument("--lr", type=float, default=3e-4 if method == "metaseg" else 5e-4)
+        tm.add_argument("--holdout", type=int, default=0, help="subjects left out entirely (for benchmarking)")
+        tm.add_argument("--val", type=int, help="validation subjects for checkpoint selection (default 10%%)")
+        tm.add_argument("--classes", nargs="*", help="class names, background first")
+        tm.add_argument("--seed", type=int, default=0)
+        tm.add_argument("--split-seed", type=int, default=0)
+        tm.add_argument("--config", nargs="*", help="configuration overrides, e.g. hidden_features=96")
+        tm.add_argument("--device", default="auto")
+        tm.add_argument("--threads", type=int, help="torch CPU threads")
+        tm.add_argument("--time-limit", type=float, help="stop (the first stage) after this many seconds")
+        tm.add_argument("--log", help="JSON-lines training log")
+        tm.add_argument("--description")
+        if method == "nisf":
+            tm.add_argument("--latent-steps", type=int, default=300, help="meta-learning steps of the fast latent "
+                                                                        "initialisation")
+        tm.set_defaults(func=run_train_segmentation)
 
     pr = sub.add_parser("priors", help="list, show or verify priors; write a folder's SHA256 manifest")
     pr.add_argument("action", choices=["list", "show", "verify", "manifest"])

@@ -1,10 +1,10 @@
 """Test-time fitting as a generator that yields after every step.
 
 The CLI draws a progress bar from it; a GUI worker pushes each step's prediction to the
-scene; cancelling is simply to stop iterating. The first ``len(step_sizes)`` steps follow the
-meta-learned inner loop exactly (SGD with the learned step sizes, as in training); later steps
-continue with Adam at ``adam_lr``, since step sizes learned for a few steps are not meant for
-hundreds.
+scene; cancelling is simply to stop iterating. The first ``meta_steps`` steps follow the
+meta-learned inner loop exactly (SGD with the learned step sizes, as in training); later steps,
+and parameters without a learned step size, use Adam at ``adam_lr``, since step sizes learned
+for a few steps are not meant for hundreds.
 """
 
 from __future__ import annotations
@@ -43,14 +43,16 @@ def fit(params: Params, loss_fn: Callable[[Params], torch.Tensor], steps: int,
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at fitting step {step}")
         grads = torch.autograd.grad(loss, list(params.values()))
+        meta = step_sizes if step_sizes is not None and step <= meta_steps else {}
         with torch.no_grad():
-            if step_sizes is not None and step <= meta_steps:
-                for (k, p), g in zip(params.items(), grads):
-                    p.sub_(step_sizes[k] * g)
-            else:
+            for (k, p), g in zip(params.items(), grads):
+                if k in meta:
+                    p.sub_(meta[k] * g)
+                    p.grad = None
+                else:
+                    p.grad = g
+            if len(meta) < len(params):
                 if adam is None:
                     adam = torch.optim.Adam(params.values(), lr=adam_lr)
-                for p, g in zip(params.values(), grads):
-                    p.grad = g
                 adam.step()
         yield FitStep(step, float(loss.detach()), params, time.perf_counter() - start)

@@ -8,7 +8,7 @@ network runs through ``vmap(functional_call)``, so one forward serves every per-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -40,12 +40,14 @@ def expand_params(params: Params, tasks: int) -> Params:
 class MetaLearner(nn.Module):
     """Holds the meta-learned initialisation ``model`` and the inner step sizes.
 
+    ``adapted`` names the parameters the inner loop changes (default: all); the others are
+    meta-learned but fixed during adaptation (MetaSeg's class head, NISF's network weights).
     ``forward`` returns the outer loss of a meta-batch, so the whole learner can be wrapped
     in ``DistributedDataParallel`` and trained like any module.
     """
 
     def __init__(self, model: nn.Module, algorithm: Algorithm = "metasgd", inner_steps: int = 5,
-                 inner_lr: float = 1e-2):
+                 inner_lr: float = 1e-2, adapted: Iterable[str] | None = None):
         super().__init__()
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown meta-learning algorithm {algorithm!r}; choose from {ALGORITHMS}")
@@ -55,19 +57,24 @@ class MetaLearner(nn.Module):
         self.algorithm = algorithm
         self.inner_steps = int(inner_steps)
         self.first_order = algorithm.startswith("fo")
+        names = [k for k, _ in model.named_parameters()]
+        self.adapted = names if adapted is None else [k for k in names if k in set(adapted)]
+        if not self.adapted:
+            raise ValueError("no parameter of the model is adapted in the inner loop")
         if algorithm.endswith("metasgd"):
+            params = dict(model.named_parameters())
             self.inner_lrs = nn.ParameterDict(
-                {_key(k): nn.Parameter(torch.full_like(p, inner_lr)) for k, p in model.named_parameters()}
+                {_key(k): nn.Parameter(torch.full_like(params[k], inner_lr)) for k in self.adapted}
             )
         else:
             self.register_buffer("inner_lr", torch.tensor(float(inner_lr)))
             self.inner_lrs = None
 
     def step_sizes(self) -> Params:
-        """Inner-loop step size per parameter name (a tensor broadcastable to the parameter)."""
+        """Inner-loop step size per adapted parameter (a tensor broadcastable to the parameter)."""
         if self.inner_lrs is None:
-            return {k: self.inner_lr for k, _ in self.model.named_parameters()}
-        return {k: self.inner_lrs[_key(k)] for k, _ in self.model.named_parameters()}
+            return {k: self.inner_lr for k in self.adapted}
+        return {k: self.inner_lrs[_key(k)] for k in self.adapted}
 
     def adapt(self, params: Params, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, loss_fn: TaskLoss,
               steps: int | None = None, create_graph: bool | None = None) -> Params:
@@ -77,23 +84,27 @@ class MetaLearner(nn.Module):
         lrs = self.step_sizes()
         for _ in range(steps):
             loss = loss_fn(batched_forward(self.model, params, *inputs), labels, params).sum()
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {k: p - lrs[k] * g for (k, p), g in zip(params.items(), grads)}
+            grads = torch.autograd.grad(loss, [params[k] for k in self.adapted], create_graph=create_graph)
+            params = {**params, **{k: params[k] - lrs[k] * g for k, g in zip(self.adapted, grads)}}
         return params
 
     def forward(self, context: tuple[tuple[torch.Tensor, ...], torch.Tensor],
-                target: tuple[tuple[torch.Tensor, ...], torch.Tensor], loss_fn: TaskLoss) -> torch.Tensor:
+                target: tuple[tuple[torch.Tensor, ...], torch.Tensor], loss_fn: TaskLoss,
+                inner_loss_fn: TaskLoss | None = None) -> torch.Tensor:
         """Outer loss: adapt on each task's context, score the adapted network on its target.
 
+        ``inner_loss_fn`` (default ``loss_fn``) is what adaptation minimises; MetaSeg adapts on
+        intensities only, exactly as at test time, and is scored on labels too.
         The target loss is averaged over every inner step (as in MAML++'s multi-step loss), not
         only the last: users watch every step's result, so each must be good, not just step K.
         """
         ctx_inputs, ctx_labels = context
         tgt_inputs, tgt_labels = target
+        inner_loss_fn = loss_fn if inner_loss_fn is None else inner_loss_fn
         params = expand_params(dict(self.model.named_parameters()), ctx_labels.shape[0])
         losses = []
         for _ in range(self.inner_steps):
-            params = self.adapt(params, ctx_inputs, ctx_labels, loss_fn, steps=1)
+            params = self.adapt(params, ctx_inputs, ctx_labels, inner_loss_fn, steps=1)
             losses.append(loss_fn(batched_forward(self.model, params, *tgt_inputs), tgt_labels, params).mean())
         return torch.stack(losses).mean()
 

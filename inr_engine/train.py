@@ -45,9 +45,11 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
                device: torch.device, validate: Callable[[MetaLearner], dict] | None = None,
                validate_every: int = 250, log: Callable[[dict], None] | None = None,
                checkpoint: Callable[[MetaLearner, dict], None] | None = None,
-               score_key: str = "score", time_limit_s: float | None = None) -> TrainResult:
+               score_key: str = "score", time_limit_s: float | None = None,
+               inner_loss_fn: TaskLoss | None = None) -> TrainResult:
     """Adam on the outer loss; ``next_batch()`` returns ``(context, target)`` on the CPU.
 
+    ``inner_loss_fn`` is what the inner loop adapts on (default: ``loss_fn``).
     ``validate`` (rank 0) returns metrics; the learner state with the highest
     ``metrics[score_key]`` is handed to ``checkpoint``.
     """
@@ -61,7 +63,7 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
     running, since_log = 0.0, 0
     for step in range(1, steps + 1):
         ctx, tgt = _to(next_batch(), device)
-        loss = model(ctx, tgt, loss_fn)
+        loss = model(ctx, tgt, loss_fn, inner_loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(learner.parameters(), 1.0)

@@ -9,6 +9,8 @@ root) this writes:
 * the left parotid of the first head-and-neck validation scan (oncologist's mask), cropped
   to the organ plus 12 mm, as NRRD with its real geometry (anisotropic 2.5 mm slices, LPS on
   disk), and a sparse version keeping every 4th axial slice;
+* two MSD Task04 Hippocampus subjects of the held-out split (``seeded_split(..., 40, 0)``),
+  image and label map, copied unchanged (NIfTI, 1 mm, RAS);
 * ``samples.json`` describing each file, its source and the sparse -> full pairing.
 
 Run from the repository root:  python scripts/make_samples.py
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # use this checkout's engine even when it is not installed
 
-from inr_engine.datasets import hn_shapes, hn_split  # noqa: E402
+from inr_engine.datasets import hn_shapes, hn_split, labelled_image_names, seeded_split  # noqa: E402
 from inr_engine.io import Volume, write_volume  # noqa: E402
 from inr_engine.methods.shape_training import axial_axis  # noqa: E402
 from inr_engine.methods.slices import sparsify  # noqa: E402
@@ -49,7 +52,16 @@ SOURCES = {
         "neck anatomy for radiotherapy: deep learning algorithm development and validation study. "
         "J Med Internet Res 23(7):e26151 (2021). doi:10.2196/26151",
     },
+    "msd_hippocampus": {
+        "dataset": "Medical Segmentation Decathlon, Task04 Hippocampus (T1 MRI crops; 0 background, 1 anterior, "
+        "2 posterior)",
+        "licence": "CC BY-SA 4.0",
+        "citation": "Simpson AL, Antonelli M, Bakas S, et al. A large annotated medical image dataset for the "
+        "development and evaluation of segmentation algorithms. arXiv:1902.09063 (2019); Antonelli M, Reinke A, "
+        "Bakas S, et al. The Medical Segmentation Decathlon. Nat. Commun. 13:4128 (2022).",
+    },
 }
+HIPPOCAMPUS_SAMPLES = 2  # the first held-out subjects; the first is the demo's
 ADRENAL_SAMPLES = [(0, 8, 0), (1, 4, 2)]  # (validation index, keep every w-th slice, along axis)
 HN_ORGAN, HN_EVERY = "Parotid-Lt", 4
 
@@ -147,6 +159,23 @@ def hn_samples(data_root: Path, out: Path) -> list[dict]:
     ]
 
 
+def hippocampus_samples(data_root: Path, out: Path) -> list[dict]:
+    root = data_root / "msd_hippocampus"
+    _, held_out = seeded_split(labelled_image_names(root), 40, 0)
+    entries = []
+    for n, name in enumerate(held_out[:HIPPOCAMPUS_SAMPLES]):
+        stem = name.removesuffix(".nii.gz")
+        image_path, label_path = out / f"{stem}_image.nii.gz", out / f"{stem}_labels.nii.gz"
+        shutil.copyfile(root / "images" / name, image_path)
+        shutil.copyfile(root / "labels" / name, label_path)
+        img = nib.load(image_path)
+        labels = np.asanyarray(nib.load(label_path).dataobj)
+        entries.append(entry(image_path, "msd_hippocampus", stem, labels > 0, img.affine, kind="image",
+                             labels=label_path.name, prior="hippocampus-metaseg", demo=n == 0))
+        entries.append(entry(label_path, "msd_hippocampus", stem, labels > 0, img.affine, kind="labels"))
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -160,10 +189,11 @@ def main() -> None:
     if not args.data_root.is_dir():
         parser.error(f"{args.data_root}: no such folder; pass --data-root pointing at the shared data")
     args.out.mkdir(parents=True, exist_ok=True)
-    samples = adrenal_samples(args.data_root, args.out) + hn_samples(args.data_root, args.out)
+    samples = (adrenal_samples(args.data_root, args.out) + hn_samples(args.data_root, args.out)
+               + hippocampus_samples(args.data_root, args.out))
     index = {
-        "description": "Sample label maps for the demo and tests. A sparse sample keeps every `every`-th slice "
-        "along index axis `axis` (slices `kept_slices`, 0-based) inside the object; "
+        "description": "Sample label maps and images for the demo and tests. A sparse sample keeps every "
+        "`every`-th slice along index axis `axis` (slices `kept_slices`, 0-based) inside the object; "
         "`ground_truth` is the full mask it was made from. Written by scripts/make_samples.py; "
         "sources and licences in LICENSE.md.",
         "sources": SOURCES,

@@ -1,0 +1,234 @@
+"""NISF (Neural Implicit Segmentation Functions, Stolt-Ansó et al. 2023): an auto-decoder.
+
+A latent code per subject (128 values) is concatenated to the coordinates and passed through
+a residual MLP of real Gabor layers, with an intensity head (sigmoid) and a segmentation head.
+The prior trains every training subject's latent together with the weights (BCE on intensity,
+cross-entropy + soft Dice on labels, L2 on latents and weights). At test time only the latent
+is fitted, on the intensities (option: all weights too).
+
+Two test-time procedures share the same network:
+
+* ``paper``: the latent starts at N(0, 1e-4) and Adam fits it for the number of steps that
+  maximised the Dice on validation images during training (stored in the prior);
+* ``fast``: a second training stage keeps the network fixed and meta-learns a latent
+  initialisation and per-dimension step sizes (Meta-SGD), so a few steps reach what the paper
+  procedure needs hundreds for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..fit import FitStep, fit
+from ..frames import FRAME_CONVENTION
+from ..intensity import IntensityReference
+from ..meta import MetaLearner
+from ..networks import GaborResMLP
+from ..priors import Prior, PriorError
+from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
+
+TASK = "segmentation/nisf"
+PROCEDURES = ("fast", "paper")
+LATENT_INIT_STD = 1e-4
+
+
+@dataclass
+class NISFConfig:
+    """Everything that defines a NISF prior (stored in its metadata)."""
+
+    latent_size: int = 128
+    hidden_features: int = 128
+    hidden_layers: int = 4
+    num_classes: int = 3
+    omega_0: float = 10.0
+    sigma_0: float = 10.0
+    scale_mm: float = 32.0
+    points: int = 2048  # voxels per subject per training step
+    latent_decay: float = 1e-4  # times mean(latent^2)
+    weight_decay: float = 1e-4  # times sum of squared weights
+    latent_lr: float = 1e-3  # auto-decoder training: Adam on the training latents
+    fit_lr: float = 1e-2  # paper procedure: Adam on the test latent
+    paper_steps: int = 300  # paper procedure: chosen on validation during training
+    fit_points: int = 4096  # voxels per test-time step: 128 latent values need few
+    inner_steps: int = 5  # fast procedure: meta-learned steps
+    inner_lr: float = 1e-1
+    default_steps: int = 5
+
+
+class NISFNetwork(nn.Module):
+    """(coordinates, latent) -> (intensity logit, class logits), concatenated.
+
+    ``latent`` is the module's own latent (the fast procedure's meta-learned initialisation)
+    unless one is passed explicitly (auto-decoder training, one latent per subject).
+    """
+
+    def __init__(self, cfg: NISFConfig):
+        super().__init__()
+        self.latent = nn.Parameter(torch.zeros(cfg.latent_size))
+        self.backbone = GaborResMLP(3 + cfg.latent_size, cfg.hidden_features, cfg.hidden_layers, cfg.omega_0,
+                                    cfg.sigma_0)
+        self.intensity = nn.Linear(cfg.hidden_features, 1)
+        self.segmentation = nn.Linear(cfg.hidden_features, cfg.num_classes)
+
+    def forward(self, coords: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+        latent = self.latent if latent is None else latent
+        latent = latent.unsqueeze(-2).expand(*coords.shape[:-1], latent.shape[-1])
+        features = self.backbone(torch.cat([coords, latent], dim=-1))
+        return torch.cat([self.intensity(features), self.segmentation(features)], dim=-1)
+
+    def weight_penalty(self) -> torch.Tensor:
+        return sum(p.pow(2).sum() for k, p in self.named_parameters() if k.endswith("weight"))
+
+
+def reconstruction_loss(output: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+    """BCE between the sigmoid intensity and the [0, 1] image, per leading index."""
+    return F.binary_cross_entropy_with_logits(output[..., 0], intensity, reduction="none").mean(-1)
+
+
+def auto_decoder_loss(net: NISFNetwork, latents: torch.Tensor, coords, intensity, labels, cfg: NISFConfig):
+    out = net(coords, latents)
+    loss = reconstruction_loss(out, intensity) + segmentation_loss(out[..., 1:], labels)
+    return loss.mean() + cfg.latent_decay * latents.pow(2).mean() + cfg.weight_decay * net.weight_penalty()
+
+
+def sample_batch(data: TrainingVolumes, cfg: NISFConfig, rng: np.random.Generator, subjects: int):
+    """``subjects`` random training subjects: (indices, coords, intensity, labels)."""
+    index = rng.choice(len(data.volumes), subjects, replace=len(data.volumes) < subjects)
+    parts = [data.sample(rng, int(i), cfg.points) for i in index]
+    return (torch.from_numpy(index), *(torch.stack(p) for p in zip(*parts)))
+
+
+# --------------------------------------------------------------------------- fast procedure (stage 2)
+def meta_batch(data: TrainingVolumes, cfg: NISFConfig, rng: np.random.Generator, tasks: int):
+    """Context (coords, intensity) and target (coords, [intensity, label]) for latent meta-learning."""
+    index = rng.choice(len(data.volumes), tasks, replace=len(data.volumes) < tasks)
+    ctx = [data.sample(rng, int(i), cfg.points) for i in index]
+    tgt = [data.sample(rng, int(i), cfg.points) for i in index]
+    ctx_x, ctx_i = (torch.stack(p) for p in list(zip(*ctx))[:2])
+    tgt_x, tgt_i, tgt_l = (torch.stack(p) for p in zip(*tgt))
+    return ((ctx_x,), ctx_i[..., None]), ((tgt_x,), torch.stack([tgt_i, tgt_l.float()], -1))
+
+
+def latent_learner(net: NISFNetwork, cfg: NISFConfig) -> MetaLearner:
+    """Meta-SGD over the latent only; the network's weights stay as the auto-decoder trained them."""
+    for k, p in net.named_parameters():
+        p.requires_grad_(k == "latent")
+    return MetaLearner(net, "metasgd", cfg.inner_steps, cfg.inner_lr, adapted=["latent"])
+
+
+def inner_loss(output: torch.Tensor, target: torch.Tensor, params=None) -> torch.Tensor:
+    return reconstruction_loss(output, target[..., 0])
+
+
+def outer_loss(output: torch.Tensor, target: torch.Tensor, params=None) -> torch.Tensor:
+    return reconstruction_loss(output, target[..., 0]) + segmentation_loss(output[..., 1:], target[..., 1].long())
+
+
+class NISFSegmenter:
+    """A loaded NISF prior: fit a latent (or all weights) to an image's intensities, read its labels."""
+
+    def __init__(self, cfg: NISFConfig, weights: dict[str, torch.Tensor], step_sizes: torch.Tensor | None,
+                 procedure: str = "fast", fit_weights: bool = False, reference: IntensityReference | None = None,
+                 device: torch.device | str = "cpu"):
+        if procedure not in PROCEDURES:
+            raise ValueError(f"unknown NISF procedure {procedure!r}; choose from {PROCEDURES}")
+        if procedure == "fast" and step_sizes is None:
+            raise PriorError("this NISF prior has no meta-learned latent initialisation; use procedure 'paper'")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.procedure = procedure
+        self.fit_weights = fit_weights
+        self.model = NISFNetwork(cfg).to(self.device).requires_grad_(False)
+        self.weights = {k: v.detach().to(self.device) for k, v in weights.items()}
+        self.step_sizes = None if step_sizes is None else step_sizes.detach().to(self.device)
+        self.reference = reference
+        self.prior: Prior | None = None
+
+    @property
+    def default_steps(self) -> int:
+        return self.cfg.default_steps if self.procedure == "fast" else self.cfg.paper_steps
+
+    @classmethod
+    def from_prior(cls, prior: Prior, procedure: str = "fast", fit_weights: bool = False,
+                   device: torch.device | str = "cpu") -> NISFSegmenter:
+        if prior.task != TASK:
+            raise PriorError(f"{prior.path} is a {prior.task!r} prior; NISF needs a {TASK!r} prior")
+        meta = prior.metadata
+        if meta.get("frame", {}).get("convention") != FRAME_CONVENTION:
+            raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
+        known = NISFConfig.__dataclass_fields__
+        cfg = NISFConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        model = NISFNetwork(cfg)
+        weights = {}
+        for k, p in model.named_parameters():
+            if f"weights.{k}" not in prior.tensors or prior.tensors[f"weights.{k}"].shape != p.shape:
+                raise PriorError(f"{prior.path}: tensor weights.{k} is missing or has the wrong shape: prior and "
+                                 "engine architectures differ")
+            weights[k] = prior.tensors[f"weights.{k}"]
+        sizes = prior.tensors.get("step_size.latent")
+        reference = IntensityReference.from_metadata(meta["intensity"]) if "intensity" in meta else None
+        seg = cls(cfg, weights, sizes, procedure, fit_weights, reference, device)
+        seg.prior = prior
+        return seg
+
+    def prepare(self, image: np.ndarray, affine: np.ndarray) -> SegVolume:
+        return prepare_volume(image, affine, self.cfg.scale_mm, self.reference)
+
+    def initial_latent(self, seed: int = 0) -> torch.Tensor:
+        if self.procedure == "fast":
+            return self.weights["latent"]
+        generator = torch.Generator().manual_seed(seed)
+        return (torch.randn(self.cfg.latent_size, generator=generator) * LATENT_INIT_STD).to(self.device)
+
+    def fit(self, volume: SegVolume, steps: int | None = None, seed: int = 0) -> Iterator[FitStep]:
+        """Fit the latent (and with ``fit_weights`` all weights) to the intensities; yields after each step."""
+        steps = self.default_steps if steps is None else steps
+        coords, intensity = volume.coords.to(self.device), volume.intensity.to(self.device)
+        generator = torch.Generator().manual_seed(seed)
+        use_all = len(coords) <= self.cfg.fit_points
+        start = {**self.weights, "latent": self.initial_latent(seed)}
+        fixed = {} if self.fit_weights else {k: v for k, v in start.items() if k != "latent"}
+        fitted = {k: v for k, v in start.items() if k not in fixed}
+
+        def loss(params):
+            pick = (slice(None) if use_all
+                    else torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device))
+            out = functional_call(self.model, {**fixed, **params}, (coords[pick],))
+            return reconstruction_loss(out, intensity[pick])
+
+        sizes, meta_steps = (None, 0) if self.procedure == "paper" else ({"latent": self.step_sizes},
+                                                                         self.cfg.inner_steps)
+        for st in fit(fitted, loss, steps, sizes, meta_steps, self.cfg.fit_lr):
+            yield FitStep(st.step, st.loss, {**fixed, **st.params}, st.seconds)
+
+    def labels(self, volume: SegVolume, params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        params = {**self.weights, "latent": self.initial_latent()} if params is None else params
+
+        def logits(coords):
+            return functional_call(self.model, params, (coords.to(self.device),))[..., 1:]
+
+        return predict_labels(logits, volume, 2 * self.cfg.hidden_features)
+
+
+def prior_tensors(net: NISFNetwork, step_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    out = {f"weights.{k}": p.detach() for k, p in net.named_parameters()}
+    if step_sizes is not None:
+        out["step_size.latent"] = step_sizes.detach().expand_as(net.latent).clone()
+    return out
+
+
+def prior_metadata(cfg: NISFConfig, reference: IntensityReference, class_names, **extra) -> dict:
+    return {"task": TASK, "config": asdict(cfg), "frame": {"convention": FRAME_CONVENTION, "scale_mm": cfg.scale_mm,
+                                                           "centre": "centre of the volume's grid"},
+            "architecture": {"network": "auto-decoder: latent + residual real-Gabor MLP, intensity and "
+                                        "segmentation heads", "latent_size": cfg.latent_size,
+                             "hidden_features": cfg.hidden_features, "hidden_layers": cfg.hidden_layers,
+                             "omega_0": cfg.omega_0, "sigma_0": cfg.sigma_0, "num_classes": cfg.num_classes},
+            "classes": list(class_names), "intensity": reference.to_metadata(), **extra}

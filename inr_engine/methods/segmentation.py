@@ -1,0 +1,124 @@
+"""What MetaSeg and NISF share: a volume in the network frame, label losses, label decoding,
+and labelled training volumes held in memory for fast task sampling.
+
+Frame: ``u = (ras - centre) / scale_mm`` with the centre of the volume's grid, so a crop of any
+size, spacing or orientation maps to the same physical scale the prior was trained at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..datasets import LabelledImage
+from ..decode import chunk_size
+from ..frames import GeometryError, NormalizedFrame, grid_ijk, ijk_to_ras, validate_affine
+from ..intensity import IntensityError, IntensityReference, normalize_intensity
+
+MAX_SEGMENT_VOXELS = 256**3
+
+
+class SegmentationError(ValueError):
+    """An input that cannot be segmented (not a 3D image, NaN, constant, a label map, too large)."""
+
+
+@dataclass
+class SegVolume:
+    """An image prepared for fitting: every voxel's network coordinates and normalised intensity."""
+
+    coords: torch.Tensor  # (N, 3), voxels in C order
+    intensity: torch.Tensor  # (N,)
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+def volume_frame(shape, affine: np.ndarray, scale_mm: float) -> NormalizedFrame:
+    centre = ijk_to_ras((np.asarray(shape, np.float64) - 1) / 2, affine)
+    return NormalizedFrame(tuple(float(c) for c in centre), float(scale_mm))
+
+
+def prepare_volume(image: np.ndarray, affine: np.ndarray, scale_mm: float,
+                   reference: IntensityReference | None = None) -> SegVolume:
+    """Check and normalise ``image``; raises :class:`SegmentationError` for unusable input."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise SegmentationError(f"expected a 3D image, got {image.ndim}D data of shape {image.shape}")
+    if image.size > MAX_SEGMENT_VOXELS:
+        raise SegmentationError(f"the image has {image.size} voxels; crop it to the structure (at most "
+                                f"{MAX_SEGMENT_VOXELS} voxels)")
+    if min(image.shape) < 1:
+        raise SegmentationError(f"the image is empty (shape {image.shape})")
+    try:
+        affine = validate_affine(affine)
+        normalized = normalize_intensity(image)
+    except (GeometryError, IntensityError) as exc:
+        raise SegmentationError(str(exc)) from exc
+    if _looks_like_labels(image):
+        raise SegmentationError(f"the input holds only the values {sorted(np.unique(image).tolist())}: "
+                                "that is a label map, not an image")
+    frame = volume_frame(image.shape, affine, scale_mm)
+    coords = frame.ijk_to_network(grid_ijk(image.shape), affine).reshape(-1, 3)
+    warnings = reference.warnings(normalized) if reference is not None else []
+    return SegVolume(torch.from_numpy(coords), torch.from_numpy(normalized.reshape(-1)), tuple(image.shape), affine,
+                     warnings)
+
+
+def _looks_like_labels(image: np.ndarray) -> bool:
+    values = np.unique(image)
+    return len(values) <= 16 and np.array_equal(values, np.round(values))
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice over the foreground classes; one value per leading index.
+
+    ``logits`` (..., P, C), ``labels`` (..., P) integer classes.
+    """
+    ce = F.cross_entropy(logits.movedim(-1, 1) if logits.dim() > 2 else logits, labels, reduction="none").mean(-1)
+    prob = logits.softmax(-1)[..., 1:]
+    onehot = F.one_hot(labels, logits.shape[-1])[..., 1:].to(prob.dtype)
+    inter = (prob * onehot).sum(-2)
+    dice = 1 - (2 * inter + 1) / (prob.sum(-2) + onehot.sum(-2) + 1)
+    return ce + dice.mean(-1)
+
+
+def predict_labels(logit_fn: Callable[[torch.Tensor], torch.Tensor], volume: SegVolume, width: int) -> np.ndarray:
+    """Arg-max labels of every voxel, evaluated in chunks within the decoder's memory budget."""
+    chunk = chunk_size(bytes_per_point=4 * 8 * width)
+    out = np.empty(len(volume.coords), np.uint8)
+    with torch.no_grad():
+        for start in range(0, len(volume.coords), chunk):
+            out[start:start + chunk] = logit_fn(volume.coords[start:start + chunk]).argmax(-1).cpu().numpy()
+    return out.reshape(volume.shape)
+
+
+@dataclass
+class TrainingVolumes:
+    """Labelled training images prepared once: coordinates, intensities and labels per subject."""
+
+    volumes: list[SegVolume]
+    labels: list[torch.Tensor]
+    names: list[str]
+    num_classes: int
+
+    @classmethod
+    def from_images(cls, images: list[LabelledImage], scale_mm: float, num_classes: int | None = None):
+        volumes = [prepare_volume(im.image, im.affine, scale_mm) for im in images]
+        labels = [torch.from_numpy(im.labels.reshape(-1).astype(np.int64)) for im in images]
+        found = max(int(lab.max()) for lab in labels) + 1
+        if num_classes is not None and found > num_classes:
+            raise SegmentationError(f"training labels go up to {found - 1}, but the prior has {num_classes} classes")
+        return cls(volumes, labels, [im.name for im in images], num_classes or found)
+
+    def reference(self) -> IntensityReference:
+        return IntensityReference.from_images([v.intensity.numpy() for v in self.volumes])
+
+    def sample(self, rng: np.random.Generator, index: int, points: int) -> tuple[torch.Tensor, ...]:
+        """``points`` random voxels of subject ``index``: (coords, intensity, labels)."""
+        vol = self.volumes[index]
+        pick = torch.from_numpy(rng.integers(0, len(vol.coords), points))
+        return vol.coords[pick], vol.intensity[pick], self.labels[index][pick]
