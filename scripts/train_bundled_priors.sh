@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Re-trains the two bundled shape-completion priors exactly as shipped: 2 CPU cores, 30 and 40
-# minutes (the time limits below, so the step reached depends on the machine). The commands
-# also run on a GPU with --device cuda, or on several with torchrun.
+# Re-trains the bundled priors exactly as shipped: the two shape-completion priors (2 CPU cores,
+# 30 and 40 minutes) and the two hippocampus segmentation priors (one core each, 60 and 20
+# minutes beside other jobs). Time limits stop training, so the step reached depends on the
+# machine. The commands also run on a GPU with --device cuda, or on several with torchrun.
+# Pick some with ONLY="metaseg nisf" (default: all).
 # Data: ../shared/data (see its README). Logs go to runs/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA="${DATA:-../shared/data}"
 OUT="${OUT:-inr_engine/data/priors}"
+ONLY="${ONLY:-adrenal hn metaseg nisf}"
 mkdir -p runs "$OUT"
 COMMON=(--meta-batch 8 --lr 3e-4 --seed 0 --steps 2000)
 
 # Adrenal glands: AdrenalMNIST3D 64^3 train split; validation = the npz's val split (24 shapes scored).
-inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24 \
+[[ " $ONLY " == *" adrenal "* ]] && inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24 \
     --config algorithm=fometasgd context_points=1024 target_points=2048 adam_lr=3e-6 \
     --dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64.npz" \
     --out "$OUT/adrenal.safetensors" --log runs/adrenal.jsonl \
@@ -20,11 +23,22 @@ inr-engine train shape "${COMMON[@]}" --threads 2 --time-limit 1800 --max-val 24
 # Head-and-neck organs (all 21, both raters) of 20 scans; validation = 5 scans chosen with
 # split seed 0 (inr_engine.datasets.hn_split), oncologist masks of the parotids, mandible,
 # brainstem and spinal cord. Gaps of 4-24 mm in training cover every 2nd-10th 2.5 mm slice.
-inr-engine train shape "${COMMON[@]}" --threads 1 --data-workers 2 --time-limit 2400 --max-val 25 \
+[[ " $ONLY " == *" hn "* ]] && inr-engine train shape "${COMMON[@]}" --threads 1 --data-workers 2 --time-limit 2400 --max-val 25 \
     --dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache \
     --config algorithm=fometasgd context_points=1024 target_points=2048 scale_mm=64 margin_mm=10 \
              every_min=4 every_max=24 adam_lr=3e-6 \
     --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl \
     --description "Head-and-neck organs at risk (DeepMind H&N CT masks, 2.5 mm slices)"
+
+# Hippocampus (MSD Task04): 40 subjects held out for the benchmark (split seed 0), 12 of the
+# other 160 for checkpoint selection and the step counts (seed 1), 148 for training.
+SEG=(--data "$DATA/msd_hippocampus" --holdout 40 --val 12 --classes background anterior posterior --seed 0)
+[[ " $ONLY " == *" metaseg "* ]] && inr-engine train metaseg "${SEG[@]}" --steps 2400 --batch 4 --lr 3e-4 \
+    --threads 1 --time-limit 3600 --out "$OUT/hippocampus-metaseg.safetensors" --log runs/metaseg.jsonl \
+    --description "MetaSeg hippocampus prior (MSD Task04, anterior/posterior)"
+[[ " $ONLY " == *" nisf "* ]] && inr-engine train nisf "${SEG[@]}" --steps 1500 --latent-steps 300 --batch 8 \
+    --lr 5e-4 --threads 1 --time-limit 1200 --config latent_lr=0.01 \
+    --out "$OUT/hippocampus-nisf.safetensors" --log runs/nisf.jsonl \
+    --description "NISF hippocampus prior (MSD Task04, anterior/posterior)"
 
 inr-engine priors manifest "$OUT"

@@ -6,17 +6,26 @@ training); everything else uses tiny priors trained here on the shipped samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 import torch
 
+from inr_engine.cli import main
 from inr_engine.datasets import LabelledImage
 from inr_engine.intensity import IntensityReference, normalize_intensity
-from inr_engine.io import read_volume
+from inr_engine.io import LPS_TO_RAS, read_volume
 from inr_engine.methods import metaseg, nisf
-from inr_engine.methods.seg_training import foreground_dice, train_metaseg_prior, train_nisf_prior
+from inr_engine.methods.seg_training import (
+    METASEG_STEP_GRID,
+    foreground_dice,
+    train_metaseg_prior,
+    train_nisf_prior,
+)
 from inr_engine.methods.segmentation import SegmentationError, TrainingVolumes, prepare_volume
 from inr_engine.priors import BUNDLED_DIR, PriorError, bundled_priors, load_prior
 from inr_engine.segment import load_segmenter, segment_image
@@ -110,7 +119,9 @@ def tiny_metaseg(tmp_path_factory, subjects):
 def test_metaseg_prior_round_trip(tiny_metaseg, subjects):
     prior = load_prior(tiny_metaseg, task=metaseg.TASK)
     seg = metaseg.MetaSegSegmenter.from_prior(prior)
-    assert seg.cfg == TINY_METASEG
+    assert seg.cfg == dataclasses.replace(TINY_METASEG, default_steps=seg.cfg.default_steps)
+    curve = prior.metadata["validation"]["dice_against_steps"]  # the default step count is chosen on validation
+    assert seg.cfg.default_steps == max(METASEG_STEP_GRID, key=lambda n: curve[str(n)])
     assert prior.metadata["classes"] == list(CLASSES)
     assert set(prior.metadata["intensity"]["mean"]) == {"mean", "std", "median", "zero_fraction"}
     assert prior.metadata["validation"]["step"] == 3
@@ -179,3 +190,80 @@ def test_bundled_nisf_segments_a_held_out_subject(procedure):
     seg = load_segmenter("nisf", procedure=procedure)
     scores = foreground_dice(segment_image(subject.image, subject.affine, seg).labels, subject.labels, 3)
     assert min(scores) > 0.60, scores
+
+
+# --------------------------------------------------------------------------- command line
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_segment_writes_labels_on_the_input_grid(tmp_path, capsys, tiny_metaseg):
+    """NRRD in (LPS on disk, 2 mm, oblique), NRRD out on exactly that grid; report with phases and Dice."""
+    subject = _sample("hippocampus_007")
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0]) @ _rotation_z(30)
+    header = {"space": "left-posterior-superior", "space directions": (LPS_TO_RAS @ affine[:3, :3]).T,
+              "space origin": LPS_TO_RAS @ affine[:3, 3], "kinds": ["domain"] * 3}
+    nrrd.write(str(tmp_path / "image.nrrd"), subject.image[::2, ::2, ::2].astype(np.float32), header)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "segment", tmp_path / "image.nrrd", "--output", out / "labels.nrrd", "--prior",
+                        tiny_metaseg, "--steps", 2, "--report", out / "report.json", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    result, source = read_volume(out / "labels.nrrd"), read_volume(tmp_path / "image.nrrd")
+    assert result.shape == source.shape
+    np.testing.assert_allclose(result.affine, source.affine, atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["step"] for s in report["fit_steps"]] == [1, 2]
+    assert set(report["phases"]) == {"prepare", "fit", "decode", "total"}
+    assert report["classes"] == list(CLASSES)
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    out = np.eye(4)
+    out[:2, :2] = [[c, -s], [s, c]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    image = _sample("hippocampus_004").image
+    nib.save(nib.Nifti1Image(image[:, :, 10], np.eye(4)), str(d / "2d.nii.gz"))
+    nib.save(nib.Nifti1Image(np.stack([image, image], -1), np.eye(4)), str(d / "4d.nii.gz"))
+    nan = image.copy()
+    nan[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(d / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(np.full(image.shape, 100.0, np.float32), np.eye(4)), str(d / "constant.nii.gz"))
+    (d / "corrupt.nii.gz").write_bytes(b"not a nifti file")
+    return d
+
+
+@pytest.mark.parametrize("name, message", [
+    ("2d.nii.gz", "3D"), ("4d.nii.gz", "3D"), ("nan.nii.gz", "NaN"), ("constant.nii.gz", "constant"),
+    ("corrupt.nii.gz", "unreadable"), ("labels", "label map"),
+])
+def test_segment_refuses_bad_input_and_writes_nothing(tmp_path, capsys, bad_inputs, tiny_metaseg, name, message):
+    source = SAMPLES / "hippocampus_004_labels.nii.gz" if name == "labels" else bad_inputs / name
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "segment", source, "--output", out / "labels.nii.gz", "--report",
+                        out / "report.json", "--prior", tiny_metaseg, "--quiet", "--device", "cpu")
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_segment_refuses_a_shape_prior(tmp_path, capsys, tiny_prior):
+    out = tmp_path / "labels.nii.gz"
+    code, _, err = _run(capsys, "segment", SAMPLES / "hippocampus_004_image.nii.gz", "--output", out, "--prior",
+                        tiny_prior, "--quiet")
+    assert code == 2 and "shape_completion" in err and not out.exists()
+
+
+def test_segment_warns_about_unusual_intensities(tmp_path, capsys, tiny_metaseg):
+    image = read_volume(SAMPLES / "hippocampus_004_image.nii.gz")
+    nib.save(nib.Nifti1Image(image.array.max() - image.array, image.affine), str(tmp_path / "inverted.nii.gz"))
+    code, _, err = _run(capsys, "segment", tmp_path / "inverted.nii.gz", "--output", tmp_path / "labels.nii.gz",
+                        "--prior", tiny_metaseg, "--steps", 1, "--report", tmp_path / "report.json", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"] and "warning" in err

@@ -43,15 +43,15 @@ class MetaSegConfig:
     num_classes: int = 3
     omega_0: float = 30.0
     scale_mm: float = 32.0  # network frame: u = (ras - volume centre) / scale_mm
-    context_points: int = 4096  # voxels per inner (intensity) step in training
-    target_points: int = 4096  # voxels scored by the outer loss
+    context_points: int = 2048  # voxels per inner (intensity) step in training
+    target_points: int = 2048  # voxels scored by the outer loss
     fit_points: int = 16384  # voxels per test-time step (all voxels if the image has fewer)
     algorithm: str = "metasgd"
-    inner_steps: int = 5
+    inner_steps: int = 3
     inner_lr: float = 1e-4
     intensity_weight: float = 1.0
     adam_lr: float = 1e-4  # test-time steps beyond the meta-learned ones
-    default_steps: int = 5
+    default_steps: int = 3
 
 
 class MetaSegINR(nn.Module):

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..datasets import LabelledImage
 from ..metrics import dice
-from ..priors import save_prior
+from ..priors import load_prior, save_prior
 from ..runtime import seed_everything
 from ..train import distributed_context, json_logger, train_meta
 from . import metaseg, nisf
@@ -78,7 +78,29 @@ def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cf
                         metaseg.make_outer_loss(cfg), steps, lr, device, validate, validate_every=validate_every,
                         log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s,
                         inner_loss_fn=metaseg.intensity_loss)
+    if distributed_context()[0] == 0:
+        curve = choose_metaseg_steps(out, val)
+        json_logger(log_path)({"stage": "default steps", "dice_against_steps": curve})
     return {"best": result.best, "seconds": result.seconds, "steps": result.steps, "config": asdict(cfg)}
+
+
+METASEG_STEP_GRID = (1, 2, 3, 5, 10, 20)
+
+
+def choose_metaseg_steps(path: str | Path, val: list[LabelledImage], grid=METASEG_STEP_GRID) -> dict[int, float]:
+    """Set the prior's default step count to the best on ``val`` over ``grid`` (rewrites the file).
+
+    Beyond the meta-learned steps the fit goes on with Adam; whether that helps is a question for
+    validation data, as NISF's step count is. The grid ends at 20 to keep a fit within seconds.
+    """
+    prior = load_prior(path, task=metaseg.TASK)
+    segmenter = metaseg.MetaSegSegmenter.from_prior(prior)
+    curve = dice_against_steps(segmenter, val, segmenter.cfg.num_classes, grid)
+    meta = dict(prior.metadata)
+    meta["config"] = {**meta["config"], "default_steps": max(curve, key=curve.get)}
+    meta["validation"] = {**meta["validation"], "dice_against_steps": curve}
+    save_prior(path, prior.tensors, meta)
+    return curve
 
 
 # --------------------------------------------------------------------------- NISF
