@@ -37,7 +37,7 @@ SEG=(--data "$DATA/msd_hippocampus" --holdout 40 --val 12 --classes background a
     --threads 1 --time-limit 3600 --out "$OUT/hippocampus-metaseg.safetensors" --log runs/metaseg.jsonl \
     --description "MetaSeg hippocampus prior (MSD Task04, anterior/posterior)"
 [[ " $ONLY " == *" nisf "* ]] && inr-engine train nisf "${SEG[@]}" --steps 1500 --latent-steps 300 --batch 8 \
-    --lr 5e-4 --threads 1 --time-limit 1200 --config latent_lr=0.01 \
+    --lr 5e-4 --threads 1 --time-limit 900 --config latent_lr=0.01 inner_steps=3 \
     --out "$OUT/hippocampus-nisf.safetensors" --log runs/nisf.jsonl \
     --description "NISF hippocampus prior (MSD Task04, anterior/posterior)"
 

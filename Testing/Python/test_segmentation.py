@@ -91,7 +91,7 @@ def test_intensity_reference_warns_far_from_training(subjects):
 TINY_METASEG = metaseg.MetaSegConfig(hidden_features=24, hidden_layers=1, context_points=256, target_points=256,
                                      fit_points=2048, inner_steps=2, default_steps=2)
 TINY_NISF = nisf.NISFConfig(latent_size=8, hidden_features=16, hidden_layers=1, points=256, fit_points=1024,
-                            inner_steps=2, default_steps=2)
+                            inner_steps=2, default_steps=2, fast_adapts="latent")
 
 
 def test_metaseg_inner_loop_adapts_the_siren_only(subjects):
@@ -151,18 +151,28 @@ def tiny_nisf(tmp_path_factory, subjects):
     return path
 
 
+def test_nisf_fast_procedure_can_adapt_every_weight(subjects):
+    cfg = dataclasses.replace(TINY_NISF, fast_adapts="all")
+    learner = nisf.fast_learner(nisf.NISFNetwork(cfg), cfg)
+    names = [k for k, _ in learner.model.named_parameters()]
+    assert learner.adapted == names
+    assert float(learner.step_sizes()["latent"].mean()) == pytest.approx(cfg.inner_lr)
+    assert float(learner.step_sizes()["intensity.weight"].mean()) == pytest.approx(cfg.weights_inner_lr)
+
+
 def test_nisf_prior_has_both_procedures(tiny_nisf, subjects):
     prior = load_prior(tiny_nisf, task=nisf.TASK)
     assert prior.metadata["config"]["paper_steps"] in (0, 2, 4)
     assert set(prior.metadata["validation"]) == {"fast", "paper"}
+    assert {k for k in prior.tensors if k.startswith("step_size.")} == {"step_size.latent"}
     volume = None
-    for procedure, fit_weights in (("fast", False), ("paper", False), ("fast", True)):
+    for procedure, fit_weights in (("fast", False), ("paper", False), ("paper", True), ("fast", True)):
         seg = nisf.NISFSegmenter.from_prior(prior, procedure, fit_weights)
         volume = volume or seg.prepare(subjects[1].image, subjects[1].affine)
         last = list(seg.fit(volume, 2))[-1]
         changed = {k for k in seg.weights if not torch.equal(last.params[k], seg.weights[k])}
         assert "latent" in changed
-        assert (changed == {"latent"}) != fit_weights
+        assert (changed == {"latent"}) != fit_weights, (procedure, fit_weights)
         assert seg.labels(volume, last.params).shape == volume.shape
     assert nisf.NISFSegmenter.from_prior(prior, "paper").default_steps == prior.metadata["config"]["paper_steps"]
 

@@ -10,9 +10,14 @@ Two test-time procedures share the same network:
 
 * ``paper``: the latent starts at N(0, 1e-4) and Adam fits it for the number of steps that
   maximised the Dice on validation images during training (stored in the prior);
-* ``fast``: a second training stage keeps the network fixed and meta-learns a latent
-  initialisation and per-dimension step sizes (Meta-SGD), so a few steps reach what the paper
-  procedure needs hundreds for.
+* ``fast``: a second training stage starts from the auto-decoder (latent = the mean training
+  latent) and meta-learns the initialisation and per-parameter step sizes (Meta-SGD) of a few
+  inner steps on the intensities, scored on labels and intensities after each step. The inner
+  loop adapts the latent only, or (default) the latent and every weight, the option the
+  paper's code takes at test time. So a few steps reach what the paper procedure needs
+  hundreds for.
+
+A prior holds both networks: ``paper.*`` (the auto-decoder as trained) and ``fast.*``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_vo
 
 TASK = "segmentation/nisf"
 PROCEDURES = ("fast", "paper")
+FAST_ADAPTS = ("latent", "all")
+WEIGHTS_FIT_LR = 1e-4  # paper procedure with every weight fitted, as in the NISF code
 LATENT_INIT_STD = 1e-4
 
 
@@ -58,7 +65,10 @@ class NISFConfig:
     paper_steps: int = 300  # paper procedure: chosen on validation during training
     fit_points: int = 4096  # voxels per test-time step: 128 latent values need few
     inner_steps: int = 5  # fast procedure: meta-learned steps
-    inner_lr: float = 1e-1
+    inner_lr: float = 1e-1  # fast procedure: initial step size of the latent
+    weights_inner_lr: float = 1e-4  # ... and of the weights, when they are adapted too
+    fast_adapts: str = "all"  # "latent" (the paper's test time) or "all" (its code's: every weight too)
+    adam_lr: float = 1e-4  # fast procedure: Adam beyond the meta-learned steps
     default_steps: int = 5
 
 
@@ -116,11 +126,19 @@ def meta_batch(data: TrainingVolumes, cfg: NISFConfig, rng: np.random.Generator,
     return ((ctx_x,), ctx_i[..., None]), ((tgt_x,), torch.stack([tgt_i, tgt_l.float()], -1))
 
 
-def latent_learner(net: NISFNetwork, cfg: NISFConfig) -> MetaLearner:
-    """Meta-SGD over the latent only; the network's weights stay as the auto-decoder trained them."""
-    for k, p in net.named_parameters():
-        p.requires_grad_(k == "latent")
-    return MetaLearner(net, "metasgd", cfg.inner_steps, cfg.inner_lr, adapted=["latent"])
+def fast_learner(net: NISFNetwork, cfg: NISFConfig) -> MetaLearner:
+    """Meta-SGD adapting the latent (``fast_adapts="latent"``) or every parameter (``"all"``).
+
+    The initialisation of every parameter is meta-learned; a latent-only inner loop has the
+    latent's step sizes, an all-parameter one a step size per weight as well.
+    """
+    if cfg.fast_adapts not in FAST_ADAPTS:
+        raise ValueError(f"fast_adapts must be one of {FAST_ADAPTS}, not {cfg.fast_adapts!r}")
+    adapted = None if cfg.fast_adapts == "all" else ["latent"]
+    learner = MetaLearner(net, "metasgd", cfg.inner_steps, cfg.weights_inner_lr, adapted=adapted)
+    with torch.no_grad():
+        learner.step_sizes()["latent"].fill_(cfg.inner_lr)
+    return learner
 
 
 def inner_loss(output: torch.Tensor, target: torch.Tensor, params=None) -> torch.Tensor:
@@ -132,22 +150,27 @@ def outer_loss(output: torch.Tensor, target: torch.Tensor, params=None) -> torch
 
 
 class NISFSegmenter:
-    """A loaded NISF prior: fit a latent (or all weights) to an image's intensities, read its labels."""
+    """A loaded NISF prior: fit a latent (or all weights) to an image's intensities, read its labels.
 
-    def __init__(self, cfg: NISFConfig, weights: dict[str, torch.Tensor], step_sizes: torch.Tensor | None,
-                 procedure: str = "fast", fit_weights: bool = False, reference: IntensityReference | None = None,
-                 device: torch.device | str = "cpu"):
+    ``paper``: Adam on the latent from N(0, 1e-4) (on every weight with ``fit_weights``, at the
+    paper code's 1e-4). ``fast``: the meta-learned start and step sizes for the parameters the
+    prior adapts (``cfg.fast_adapts``), then Adam; ``fit_weights`` adds the remaining weights.
+    """
+
+    def __init__(self, cfg: NISFConfig, weights: dict[str, torch.Tensor],
+                 step_sizes: dict[str, torch.Tensor] | None, procedure: str = "fast", fit_weights: bool = False,
+                 reference: IntensityReference | None = None, device: torch.device | str = "cpu"):
         if procedure not in PROCEDURES:
             raise ValueError(f"unknown NISF procedure {procedure!r}; choose from {PROCEDURES}")
-        if procedure == "fast" and step_sizes is None:
-            raise PriorError("this NISF prior has no meta-learned latent initialisation; use procedure 'paper'")
+        if procedure == "fast" and not step_sizes:
+            raise PriorError("this NISF prior has no meta-learned step sizes; use procedure 'paper'")
         self.cfg = cfg
         self.device = torch.device(device)
         self.procedure = procedure
         self.fit_weights = fit_weights
         self.model = NISFNetwork(cfg).to(self.device).requires_grad_(False)
         self.weights = {k: v.detach().to(self.device) for k, v in weights.items()}
-        self.step_sizes = None if step_sizes is None else step_sizes.detach().to(self.device)
+        self.step_sizes = {k: v.detach().to(self.device) for k, v in (step_sizes or {}).items()}
         self.reference = reference
         self.prior: Prior | None = None
 
@@ -165,14 +188,17 @@ class NISFSegmenter:
             raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
         known = NISFConfig.__dataclass_fields__
         cfg = NISFConfig(**{k: v for k, v in meta["config"].items() if k in known})
-        model = NISFNetwork(cfg)
-        weights = {}
-        for k, p in model.named_parameters():
-            if f"weights.{k}" not in prior.tensors or prior.tensors[f"weights.{k}"].shape != p.shape:
-                raise PriorError(f"{prior.path}: tensor weights.{k} is missing or has the wrong shape: prior and "
-                                 "engine architectures differ")
-            weights[k] = prior.tensors[f"weights.{k}"]
-        sizes = prior.tensors.get("step_size.latent")
+        weights, sizes = {}, {}
+        for k, p in NISFNetwork(cfg).named_parameters():
+            for name in (f"{procedure}.{k}", f"step_size.{k}"):
+                if name in prior.tensors and prior.tensors[name].shape != p.shape:
+                    raise PriorError(f"{prior.path}: tensor {name} has the wrong shape: prior and engine "
+                                     "architectures differ")
+            if f"{procedure}.{k}" not in prior.tensors:
+                raise PriorError(f"{prior.path}: tensor {procedure}.{k} is missing: not a NISF prior of this engine")
+            weights[k] = prior.tensors[f"{procedure}.{k}"]
+            if f"step_size.{k}" in prior.tensors:
+                sizes[k] = prior.tensors[f"step_size.{k}"]
         reference = IntensityReference.from_metadata(meta["intensity"]) if "intensity" in meta else None
         seg = cls(cfg, weights, sizes, procedure, fit_weights, reference, device)
         seg.prior = prior
@@ -188,14 +214,15 @@ class NISFSegmenter:
         return (torch.randn(self.cfg.latent_size, generator=generator) * LATENT_INIT_STD).to(self.device)
 
     def fit(self, volume: SegVolume, steps: int | None = None, seed: int = 0) -> Iterator[FitStep]:
-        """Fit the latent (and with ``fit_weights`` all weights) to the intensities; yields after each step."""
+        """Fit to the image's intensities (the labels are never used); yields after each step."""
         steps = self.default_steps if steps is None else steps
         coords, intensity = volume.coords.to(self.device), volume.intensity.to(self.device)
         generator = torch.Generator().manual_seed(seed)
         use_all = len(coords) <= self.cfg.fit_points
         start = {**self.weights, "latent": self.initial_latent(seed)}
-        fixed = {} if self.fit_weights else {k: v for k, v in start.items() if k != "latent"}
-        fitted = {k: v for k, v in start.items() if k not in fixed}
+        adapted = set(self.step_sizes) if self.procedure == "fast" else {"latent"}
+        fitted = {k: v for k, v in start.items() if k in adapted or self.fit_weights}
+        fixed = {k: v for k, v in start.items() if k not in fitted}
 
         def loss(params):
             pick = (slice(None) if use_all
@@ -203,9 +230,11 @@ class NISFSegmenter:
             out = functional_call(self.model, {**fixed, **params}, (coords[pick],))
             return reconstruction_loss(out, intensity[pick])
 
-        sizes, meta_steps = (None, 0) if self.procedure == "paper" else ({"latent": self.step_sizes},
-                                                                         self.cfg.inner_steps)
-        for st in fit(fitted, loss, steps, sizes, meta_steps, self.cfg.fit_lr):
+        if self.procedure == "fast":
+            sizes, meta_steps, lr = self.step_sizes, self.cfg.inner_steps, self.cfg.adam_lr
+        else:
+            sizes, meta_steps, lr = None, 0, WEIGHTS_FIT_LR if self.fit_weights else self.cfg.fit_lr
+        for st in fit(fitted, loss, steps, sizes, meta_steps, lr):
             yield FitStep(st.step, st.loss, {**fixed, **st.params}, st.seconds)
 
     def labels(self, volume: SegVolume, params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
@@ -217,10 +246,12 @@ class NISFSegmenter:
         return predict_labels(logits, volume, 2 * self.cfg.hidden_features)
 
 
-def prior_tensors(net: NISFNetwork, step_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    out = {f"weights.{k}": p.detach() for k, p in net.named_parameters()}
-    if step_sizes is not None:
-        out["step_size.latent"] = step_sizes.detach().expand_as(net.latent).clone()
+def prior_tensors(paper: dict[str, torch.Tensor], learner: MetaLearner) -> dict[str, torch.Tensor]:
+    """Both networks (``paper.*``: the auto-decoder; ``fast.*``) and the fast procedure's step sizes."""
+    params = dict(learner.model.named_parameters())
+    out = {f"paper.{k}": p.detach() for k, p in paper.items()}
+    out.update({f"fast.{k}": p.detach() for k, p in params.items()})
+    out.update({f"step_size.{k}": s.detach().expand_as(params[k]).clone() for k, s in learner.step_sizes().items()})
     return out
 
 

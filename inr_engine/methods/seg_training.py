@@ -126,12 +126,13 @@ def dice_against_steps(segmenter: Segmenter, images: list[LabelledImage], num_cl
 def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: nisf.NISFConfig, out: str | Path,
                      *, steps: int, latent_steps: int, batch: int, lr: float, seed: int, device: torch.device,
                      description: str, training_data: dict, class_names, log_path: str | Path | None = None,
-                     time_limit_s: float | None = None, paper_step_grid=PAPER_STEP_GRID) -> dict:
+                     time_limit_s: float | None = None, paper_step_grid=PAPER_STEP_GRID, meta_lr: float = 1e-3) -> dict:
     """Auto-decoder training, the paper procedure's step count, then the fast procedure's stage.
 
     1. weights and one latent per training subject, jointly (Adam);
     2. the paper procedure's step count: the best mean Dice on ``val`` over ``paper_step_grid``;
-    3. the network fixed, a latent initialisation and step sizes meta-learned (``latent_steps``).
+    3. the fast procedure's initialisation and step sizes meta-learned (``latent_steps``) from the
+       auto-decoder; the prior keeps the auto-decoder as well, for the paper procedure.
     """
     log = json_logger(log_path)
     rng = seed_everything(seed)
@@ -149,10 +150,11 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
 
     with torch.no_grad():  # the fast procedure starts from the training latents' mean
         net.latent.copy_(latents.mean(0))
-    learner = nisf.latent_learner(net, cfg)
+    paper_weights = {k: v.detach().clone() for k, v in net.named_parameters()}
+    learner = nisf.fast_learner(net, cfg)
 
     def validate(lrn) -> dict:
-        fast = nisf.NISFSegmenter(cfg, dict(lrn.model.named_parameters()), lrn.step_sizes()["latent"], "fast",
+        fast = nisf.NISFSegmenter(cfg, dict(lrn.model.named_parameters()), lrn.step_sizes(), "fast",
                                   device=device)
         return validation_metrics(fast, val, cfg.num_classes)
 
@@ -166,10 +168,10 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
                                                  "score": curve[cfg.paper_steps]}},
             training_steps={"auto_decoder": steps, "latent_meta": entry["step"]}, seed=seed, batch=batch,
             outer_lr=lr, training_seconds=trained_s)
-        save_prior(out, nisf.prior_tensors(lrn.model, lrn.step_sizes()["latent"]), meta)
+        save_prior(out, nisf.prior_tensors(paper_weights, lrn), meta)
 
     result = train_meta(learner, lambda: nisf.meta_batch(data, cfg, rng, batch), nisf.outer_loss, latent_steps,
-                        1e-2, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
+                        meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
                         checkpoint=checkpoint, inner_loss_fn=nisf.inner_loss)
     return {"best": result.best, "paper": curve, "paper_steps": cfg.paper_steps, "config": asdict(cfg)}
 
