@@ -21,7 +21,7 @@ from inr_engine.intensity import IntensityReference, normalize_intensity
 from inr_engine.io import LPS_TO_RAS, read_volume
 from inr_engine.methods import metaseg, nisf
 from inr_engine.methods.seg_training import (
-    METASEG_STEP_GRID,
+    DEFAULT_STEP_GRID,
     foreground_dice,
     train_metaseg_prior,
     train_nisf_prior,
@@ -121,7 +121,7 @@ def test_metaseg_prior_round_trip(tiny_metaseg, subjects):
     seg = metaseg.MetaSegSegmenter.from_prior(prior)
     assert seg.cfg == dataclasses.replace(TINY_METASEG, default_steps=seg.cfg.default_steps)
     curve = prior.metadata["validation"]["dice_against_steps"]  # the default step count is chosen on validation
-    assert seg.cfg.default_steps == max(METASEG_STEP_GRID, key=lambda n: curve[str(n)])
+    assert seg.cfg.default_steps == max(DEFAULT_STEP_GRID, key=lambda n: curve[str(n)])
     assert prior.metadata["classes"] == list(CLASSES)
     assert set(prior.metadata["intensity"]["mean"]) == {"mean", "std", "median", "zero_fraction"}
     assert prior.metadata["validation"]["step"] == 3
@@ -156,13 +156,15 @@ def test_nisf_fast_procedure_can_adapt_every_weight(subjects):
     learner = nisf.fast_learner(nisf.NISFNetwork(cfg), cfg)
     names = [k for k, _ in learner.model.named_parameters()]
     assert learner.adapted == names
-    assert float(learner.step_sizes()["latent"].mean()) == pytest.approx(cfg.inner_lr)
-    assert float(learner.step_sizes()["intensity.weight"].mean()) == pytest.approx(cfg.weights_inner_lr)
+    assert float(learner.step_sizes()["latent"].detach().mean()) == pytest.approx(cfg.inner_lr)
+    assert float(learner.step_sizes()["intensity.weight"].detach().mean()) == pytest.approx(cfg.weights_inner_lr)
 
 
 def test_nisf_prior_has_both_procedures(tiny_nisf, subjects):
     prior = load_prior(tiny_nisf, task=nisf.TASK)
     assert prior.metadata["config"]["paper_steps"] in (0, 2, 4)
+    curve = prior.metadata["validation"]["fast"]["dice_against_steps"]
+    assert prior.metadata["config"]["default_steps"] == max(DEFAULT_STEP_GRID, key=lambda n: curve[str(n)])
     assert set(prior.metadata["validation"]) == {"fast", "paper"}
     assert {k for k in prior.tensors if k.startswith("step_size.")} == {"step_size.latent"}
     volume = None

@@ -79,26 +79,37 @@ def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cf
                         log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s,
                         inner_loss_fn=metaseg.intensity_loss)
     if distributed_context()[0] == 0:
-        curve = choose_metaseg_steps(out, val)
+        curve = choose_default_steps(out, val)
         json_logger(log_path)({"stage": "default steps", "dice_against_steps": curve})
     return {"best": result.best, "seconds": result.seconds, "steps": result.steps, "config": asdict(cfg)}
 
 
-METASEG_STEP_GRID = (1, 2, 3, 5, 10, 20)
+DEFAULT_STEP_GRID = (1, 2, 3, 5, 10, 20)
 
 
-def choose_metaseg_steps(path: str | Path, val: list[LabelledImage], grid=METASEG_STEP_GRID) -> dict[int, float]:
-    """Set the prior's default step count to the best on ``val`` over ``grid`` (rewrites the file).
+def choose_default_steps(path: str | Path, val: list[LabelledImage], grid=DEFAULT_STEP_GRID) -> dict[int, float]:
+    """Set a MetaSeg or NISF prior's default (fast) step count to the best on ``val`` over ``grid``.
 
     Beyond the meta-learned steps the fit goes on with Adam; whether that helps is a question for
-    validation data, as NISF's step count is. The grid ends at 20 to keep a fit within seconds.
+    validation data, as the paper procedure's step count is. The grid ends at 20 to keep a fit
+    within seconds. Rewrites the prior file (atomically) with the choice and the curve.
     """
-    prior = load_prior(path, task=metaseg.TASK)
-    segmenter = metaseg.MetaSegSegmenter.from_prior(prior)
+    prior = load_prior(path)
+    if prior.task == metaseg.TASK:
+        segmenter = metaseg.MetaSegSegmenter.from_prior(prior)
+    elif prior.task == nisf.TASK:
+        segmenter = nisf.NISFSegmenter.from_prior(prior, "fast")
+    else:
+        raise ValueError(f"{path}: not a segmentation prior ({prior.task})")
     curve = dice_against_steps(segmenter, val, segmenter.cfg.num_classes, grid)
     meta = dict(prior.metadata)
     meta["config"] = {**meta["config"], "default_steps": max(curve, key=curve.get)}
-    meta["validation"] = {**meta["validation"], "dice_against_steps": curve}
+    validation = dict(meta.get("validation", {}))
+    if prior.task == nisf.TASK:
+        validation["fast"] = {**validation.get("fast", {}), "dice_against_steps": curve}
+    else:
+        validation["dice_against_steps"] = curve
+    meta["validation"] = validation
     save_prior(path, prior.tensors, meta)
     return curve
 
@@ -173,6 +184,7 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
     result = train_meta(learner, lambda: nisf.meta_batch(data, cfg, rng, batch), nisf.outer_loss, latent_steps,
                         meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
                         checkpoint=checkpoint, inner_loss_fn=nisf.inner_loss)
+    log({"stage": "default steps", "dice_against_steps": choose_default_steps(out, val)})
     return {"best": result.best, "paper": curve, "paper_steps": cfg.paper_steps, "config": asdict(cfg)}
 
 
