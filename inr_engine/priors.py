@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .files import atomic_output
+from .frames import FRAME_CONVENTION
 
 PRIOR_FORMAT = "inr-engine-prior"
 PRIOR_FORMAT_VERSION = 1
@@ -136,6 +137,20 @@ def resolve(name_or_path: str | Path) -> Path:
         return path
     names = ", ".join(sorted(bundled)) or "none"
     raise PriorError(f"no prior {str(name_or_path)!r}: not a file, and not a bundled prior ({names})")
+
+
+def prior_config(prior: Prior, task: str, config_cls: type, method: str):
+    """The prior's configuration as ``config_cls``, after checking its task and coordinate frame.
+
+    Unknown keys (from a newer engine) are ignored; missing ones take the class's defaults.
+    """
+    if prior.task != task:
+        raise PriorError(f"{prior.path} is a {prior.task!r} prior; {method} needs a {task!r} prior")
+    frame = prior.metadata.get("frame", {})
+    if frame.get("convention") != FRAME_CONVENTION:
+        raise PriorError(f"{prior.path} uses coordinate convention {frame}, not {FRAME_CONVENTION!r}")
+    known = config_cls.__dataclass_fields__
+    return config_cls(**{k: v for k, v in prior.metadata.get("config", {}).items() if k in known})
 
 
 def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:

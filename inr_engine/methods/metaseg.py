@@ -27,7 +27,7 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import Prior, PriorError
+from ..priors import Prior, PriorError, prior_config
 from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
 TASK = "segmentation/metaseg"
@@ -128,13 +128,8 @@ class MetaSegSegmenter:
 
     @classmethod
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> MetaSegSegmenter:
-        if prior.task != TASK:
-            raise PriorError(f"{prior.path} is a {prior.task!r} prior; MetaSeg needs a {TASK!r} prior")
+        cfg = prior_config(prior, TASK, MetaSegConfig, "MetaSeg")
         meta = prior.metadata
-        if meta.get("frame", {}).get("convention") != FRAME_CONVENTION:
-            raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
-        known = MetaSegConfig.__dataclass_fields__
-        cfg = MetaSegConfig(**{k: v for k, v in meta["config"].items() if k in known})
         model = MetaSegINR(cfg)
         try:
             init, sizes = _split(prior.tensors, model)

@@ -36,7 +36,7 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import GaborResMLP
-from ..priors import Prior, PriorError
+from ..priors import Prior, PriorError, prior_config
 from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
 TASK = "segmentation/nisf"
@@ -181,13 +181,8 @@ class NISFSegmenter:
     @classmethod
     def from_prior(cls, prior: Prior, procedure: str = "fast", fit_weights: bool = False,
                    device: torch.device | str = "cpu") -> NISFSegmenter:
-        if prior.task != TASK:
-            raise PriorError(f"{prior.path} is a {prior.task!r} prior; NISF needs a {TASK!r} prior")
+        cfg = prior_config(prior, TASK, NISFConfig, "NISF")
         meta = prior.metadata
-        if meta.get("frame", {}).get("convention") != FRAME_CONVENTION:
-            raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
-        known = NISFConfig.__dataclass_fields__
-        cfg = NISFConfig(**{k: v for k, v in meta["config"].items() if k in known})
         weights, sizes = {}, {}
         for k, p in NISFNetwork(cfg).named_parameters():
             for name in (f"{procedure}.{k}", f"step_size.{k}"):

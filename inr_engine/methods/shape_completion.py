@@ -32,7 +32,7 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import Prior, PriorError
+from ..priors import Prior, PriorError, prior_config
 from ..runtime import thread_map
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
@@ -285,17 +285,12 @@ class ShapeCompleter:
 
     @classmethod
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> ShapeCompleter:
-        if prior.task != TASK:
-            raise PriorError(f"{prior.path} is a {prior.task!r} prior; shape completion needs a {TASK!r} prior")
+        cfg = prior_config(prior, TASK, ShapeConfig, "shape completion")
         meta = prior.metadata
-        if meta.get("frame", {}).get("convention") != FRAME_CONVENTION:
-            raise PriorError(f"{prior.path} uses coordinate convention {meta.get('frame')}, not {FRAME_CONVENTION!r}")
         evidence = meta.get("architecture", {}).get("evidence")
         if evidence != EVIDENCE_VERSION:
             raise PriorError(f"{prior.path} was trained on {evidence or 'an earlier slice evidence'!r}; this engine "
                              f"computes {EVIDENCE_VERSION!r}: use a prior trained with this engine version")
-        known = ShapeConfig.__dataclass_fields__
-        cfg = ShapeConfig(**{k: v for k, v in meta["config"].items() if k in known})
         model = OccupancyINR(cfg)
         try:
             init, sizes = _split(prior.tensors, model)
