@@ -15,7 +15,7 @@ import torch
 
 from .fit import FitStep
 from .methods import metaseg, nisf
-from .methods.segmentation import SegVolume
+from .methods.segmentation import Segmenter, SegVolume
 from .priors import PriorError, load_prior
 
 METHODS = {"metaseg": metaseg.TASK, "nisf": nisf.TASK}
@@ -31,7 +31,7 @@ class Segmentation:
 
 
 def load_segmenter(method: str, prior: str | None = None, device: torch.device | str = "cpu",
-                   procedure: str = "fast", fit_weights: bool = False):
+                   procedure: str = "fast", fit_weights: bool = False) -> Segmenter:
     """The segmenter of ``method`` from a bundled prior name or a prior file."""
     if method not in METHODS:
         raise PriorError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -41,7 +41,7 @@ def load_segmenter(method: str, prior: str | None = None, device: torch.device |
     return nisf.NISFSegmenter.from_prior(loaded, procedure, fit_weights, device)
 
 
-def segment_image(image: np.ndarray, affine: np.ndarray, segmenter, steps: int | None = None,
+def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, steps: int | None = None,
                   on_step: StepCallback | None = None) -> Segmentation:
     """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels."""
     steps = segmenter.default_steps if steps is None else steps

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,36 +18,21 @@ from ..datasets import LabelledImage
 from ..metrics import dice
 from ..priors import load_prior, save_prior
 from ..runtime import seed_everything
+from ..segment import segment_image
 from ..train import distributed_context, json_logger, train_meta
 from . import metaseg, nisf
-from .segmentation import SegVolume, TrainingVolumes
-
-
-class Segmenter(Protocol):
-    default_steps: int
-
-    def prepare(self, image: np.ndarray, affine: np.ndarray) -> SegVolume: ...
-    def fit(self, volume: SegVolume, steps: int | None = None, seed: int = 0): ...
-    def labels(self, volume: SegVolume, params=None) -> np.ndarray: ...
+from .segmentation import Segmenter, TrainingVolumes
 
 
 def foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
     return [dice(pred == c, truth == c) for c in range(1, num_classes)]
 
 
-def segment(segmenter: Segmenter, image: np.ndarray, affine: np.ndarray, steps: int | None = None) -> np.ndarray:
-    volume = segmenter.prepare(image, affine)
-    params = None
-    for st in segmenter.fit(volume, steps):
-        params = st.params
-    return segmenter.labels(volume, params)
-
-
 def validation_metrics(segmenter: Segmenter, images: list[LabelledImage], num_classes: int,
                        steps: int | None = None) -> dict:
     """Mean foreground Dice per class (and their mean, ``score``) after ``steps`` fitting steps."""
-    scores = np.array([foreground_dice(segment(segmenter, im.image, im.affine, steps), im.labels, num_classes)
-                       for im in images])
+    scores = np.array([foreground_dice(segment_image(im.image, im.affine, segmenter, steps).labels, im.labels,
+                                       num_classes) for im in images])
     per_class = scores.mean(0)
     return {"score": float(per_class.mean()), "dice_per_class": [float(d) for d in per_class]}
 

@@ -7,8 +7,9 @@ size, spacing or orientation maps to the same physical scale the prior was train
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from ..datasets import LabelledImage
 from ..decode import chunk_size
 from ..frames import GeometryError, NormalizedFrame, grid_ijk, ijk_to_ras, validate_affine
 from ..intensity import IntensityError, IntensityReference, normalize_intensity
+from ..priors import Prior
 
 MAX_SEGMENT_VOXELS = 256**3
 
@@ -35,6 +37,19 @@ class SegVolume:
     shape: tuple[int, int, int]
     affine: np.ndarray
     warnings: list[str] = field(default_factory=list)
+
+
+class Segmenter(Protocol):
+    """What MetaSeg and NISF segmenters offer: prepare an image, fit it step by step, decode labels."""
+
+    default_steps: int
+    cfg: Any  # the method's configuration (has ``num_classes``)
+    prior: Prior | None
+    device: torch.device
+
+    def prepare(self, image: np.ndarray, affine: np.ndarray) -> SegVolume: ...
+    def fit(self, volume: SegVolume, steps: int | None = None, seed: int = 0) -> Iterator: ...
+    def labels(self, volume: SegVolume, params=None) -> np.ndarray: ...
 
 
 def volume_frame(shape, affine: np.ndarray, scale_mm: float) -> NormalizedFrame:
