@@ -155,3 +155,29 @@ def test_ddp_equals_single_process_on_both_ranks_tasks(ddp_run):
     final0 = load_file(str(ddp_run / "final0.safetensors"))
     for k, v in learner.state_dict().items():
         torch.testing.assert_close(v, final0[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_segmentation_priors_train_under_torchrun(tmp_path):
+    """``inr-engine train nisf`` (auto-decoder, then meta-learning) in two gloo processes writes one usable prior."""
+    from inr_engine.priors import BUNDLED_DIR, load_prior
+
+    samples = BUNDLED_DIR.parent / "samples"
+    for sub in ("images", "labels"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for stem in ("hippocampus_004", "hippocampus_007"):
+        for sub, kind in (("images", "image"), ("labels", "labels")):
+            (tmp_path / "data" / sub / f"{stem}.nii.gz").write_bytes((samples / f"{stem}_{kind}.nii.gz").read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo") if sys.platform.startswith("linux") else None
+    out = tmp_path / "prior.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "inr_engine.cli", "train", "nisf",
+           "--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--latent-steps", "2", "--batch", "1",
+           "--val", "1", "--threads", "1", "--classes", "background", "anterior", "posterior", "--config",
+           "latent_size=8", "hidden_features=16", "hidden_layers=1", "points=128", "fit_points=256", "inner_steps=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    prior = load_prior(out, task="segmentation/nisf")
+    assert prior.metadata["training_steps"] == {"auto_decoder": 2, "latent_meta": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "prior.safetensors"]  # no stray files

@@ -138,10 +138,13 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
     latents = _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_limit_s)
     trained_s = time.perf_counter() - start
 
-    paper = nisf.NISFSegmenter(cfg, dict(net.named_parameters()), None, "paper", device=device)
-    curve = dice_against_steps(paper, val, cfg.num_classes, paper_step_grid)
-    cfg.paper_steps = max(curve, key=curve.get)
-    log({"stage": "paper procedure", "dice_against_steps": curve, "paper_steps": cfg.paper_steps})
+    rank = distributed_context()[0]
+    curve: dict[int, float] = {}
+    if rank == 0:  # only rank 0 validates and writes
+        paper = nisf.NISFSegmenter(cfg, dict(net.named_parameters()), None, "paper", device=device)
+        curve = dice_against_steps(paper, val, cfg.num_classes, paper_step_grid)
+        cfg.paper_steps = max(curve, key=curve.get)
+        log({"stage": "paper procedure", "dice_against_steps": curve, "paper_steps": cfg.paper_steps})
 
     with torch.no_grad():  # the fast procedure starts from the training latents' mean
         net.latent.copy_(latents.mean(0))
@@ -168,7 +171,8 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
     result = train_meta(learner, lambda: nisf.meta_batch(data, cfg, rng, batch), nisf.outer_loss, latent_steps,
                         meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
                         checkpoint=checkpoint, inner_loss_fn=nisf.inner_loss)
-    log({"stage": "default steps", "dice_against_steps": choose_default_steps(out, val)})
+    if rank == 0:
+        log({"stage": "default steps", "dice_against_steps": choose_default_steps(out, val)})
     return {"best": result.best, "paper": curve, "paper_steps": cfg.paper_steps, "config": asdict(cfg)}
 
 
@@ -188,6 +192,7 @@ class _AutoDecoder(torch.nn.Module):
 def _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_limit_s) -> torch.Tensor:
     """Train the weights and one latent per subject together; returns the training latents."""
     decoder = _AutoDecoder(net, len(data.volumes), cfg).to(device)
+    net.latent.requires_grad_(False)  # the per-subject latents stand in for it (DDP must see no unused parameter)
     rank, world = distributed_context()
     model = DistributedDataParallel(decoder) if world > 1 else decoder
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": lr},
@@ -208,4 +213,5 @@ def _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_l
             running = 0.0
         if out_of_time:
             break
+    net.latent.requires_grad_(True)
     return decoder.latents.detach()
