@@ -46,10 +46,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+METHODS = ("MetaSeg", "NISF fast", "NISF paper")
+
+
 def methods(args) -> dict:
-    return {"MetaSeg": load_segmenter("metaseg", args.metaseg),
-            "NISF fast": load_segmenter("nisf", args.nisf, procedure="fast"),
-            "NISF paper": load_segmenter("nisf", args.nisf, procedure="paper")}
+    make = {"MetaSeg": lambda: load_segmenter("metaseg", args.metaseg),
+            "NISF fast": lambda: load_segmenter("nisf", args.nisf, procedure="fast"),
+            "NISF paper": lambda: load_segmenter("nisf", args.nisf, procedure="paper")}
+    return {name: make[name]() for name in args.methods}
 
 
 def scores(pred: np.ndarray, subject: LabelledImage) -> dict:
@@ -157,6 +161,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-repeats", type=int, default=7)
     p.add_argument("--out", default="benchmarks/results/hippocampus")
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                   help="a subset updates those rows of an existing segmentation.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -174,6 +180,12 @@ def main() -> None:
         summary[name]["parameters"] = parameters(seg)
         summary[name]["seconds_per_volume"] = fit_seconds(seg, subjects, args.timing_repeats)
         summary[name]["prior"] = {"name": seg.prior.name, "path": str(seg.prior.path)}
+    previous = out / "segmentation.json"
+    if set(args.methods) != set(METHODS) and previous.is_file():  # keep the other methods' rows
+        old = json.loads(previous.read_text())
+        summary = {**{k: v for k, v in old["summary"].items() if k not in summary}, **summary}
+        rows = {**{k: v for k, v in old["per_subject"].items() if k not in rows}, **rows}
+        summary = {k: summary[k] for k in METHODS if k in summary}
     unet = read_unet(out)
     plot(summary, unet, out / "segmentation_dice_vs_steps.png")
     result = {"subjects": held_out[: args.max_subjects], "summary": summary,
