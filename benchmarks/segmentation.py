@@ -34,6 +34,7 @@ import torch
 
 from inr_engine.datasets import LabelledImage, labelled_image_names, labelled_images, seeded_split
 from inr_engine.frames import spacing
+from inr_engine.methods.metaseg import MetaSegSegmenter
 from inr_engine.metrics import segmentation_scores
 from inr_engine.segment import load_segmenter
 
@@ -100,13 +101,13 @@ def fit_seconds(segmenter, subjects: list[LabelledImage], repeats: int) -> float
 
 
 def parameters(segmenter) -> dict:
-    prior = segmenter.prior
-    total = sum(t.numel() for k, t in prior.tensors.items() if not k.startswith("step_size."))
-    if hasattr(segmenter, "step_sizes") and isinstance(segmenter.step_sizes, dict):  # MetaSeg: the SIREN
-        fitted = sum(segmenter.init[k].numel() for k in segmenter.step_sizes)
-    else:  # NISF: the latent
-        fitted = segmenter.cfg.latent_size
-    return {"network": total, "fitted": fitted}
+    """Trainable parameters of the network run at test time, and of the part that is fitted."""
+    if isinstance(segmenter, MetaSegSegmenter):  # the SIREN is fitted, the head is not
+        return {"network": sum(t.numel() for t in segmenter.init.values()),
+                "fitted": sum(segmenter.init[k].numel() for k in segmenter.step_sizes)}
+    fitted = set(segmenter.step_sizes) if segmenter.procedure == "fast" else {"latent"}
+    return {"network": sum(t.numel() for t in segmenter.weights.values()),
+            "fitted": sum(segmenter.weights[k].numel() for k in fitted)}
 
 
 def summarise(rows: dict, name: str) -> dict:
@@ -161,6 +162,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-repeats", type=int, default=7)
     p.add_argument("--out", default="benchmarks/results/hippocampus")
+    p.add_argument("--reuse-rows", action="store_true", help="reuse the per-subject rows of an interrupted run")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                    help="a subset updates those rows of an existing segmentation.json")
     args = p.parse_args()
@@ -171,9 +173,15 @@ def main() -> None:
     subjects = labelled_images(args.data, held_out[: args.max_subjects])
     segmenters = methods(args)
     rows: dict[str, list] = {}
-    for name, seg in segmenters.items():
+    for name, seg in segmenters.items():  # rows are kept as they come, so a later failure loses nothing
+        cache = out / f".rows-{name.replace(' ', '-')}.json"
+        if args.reuse_rows and cache.is_file():
+            rows[name] = json.loads(cache.read_text())["rows"]
+            log(f"{name}: rows reused from {cache}")
+            continue
         log(f"{name}: {len(subjects)} subjects, default {seg.default_steps} steps")
         rows[name] = [evaluate(seg, s, CURVE_STEPS[name], seg.default_steps) for s in subjects]
+        cache.write_text(json.dumps({"rows": rows[name]}))
     summary = {name: summarise(rows, name) for name in rows}
     for name, seg in segmenters.items():
         summary[name]["steps"] = seg.default_steps

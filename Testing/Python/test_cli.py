@@ -393,8 +393,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = _run(capsys, "demo", "--out", out, "--quiet", "--device", "cpu")
     assert code == 0, err
-    for name in ("completed.nii.gz", "completed.stl", "overview.png", "report.json"):
+    for name in ("completed.nii.gz", "completed.stl", "overview.png", "report.json", "segmented.nii.gz",
+                 "segmentation_report.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    segmentation = json.loads((out / "segmentation_report.json").read_text())
+    assert segmentation["method"] == "metaseg" and segmentation["classes"] == ["background", "anterior", "posterior"]
+    assert all(d > 0.75 for d in segmentation["dice"].values()), segmentation["dice"]  # held-out subject
     report = json.loads((out / "report.json").read_text())
     assert report["dice"] and all(d > 0.70 for d in report["dice"].values()), report["dice"]
     assert "Dice" in stdout
