@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="fitting steps on the image's intensities (default: the prior's)")
     s.add_argument("--procedure", choices=["fast", "paper"], default="fast",
                    help="nisf: meta-learned latent start (fast) or the paper's N(0, 1e-4) start with Adam")
-    s.add_argument("--fit-weights", action="store_true", help="nisf: fit all weights, not only the latent")
+    s.add_argument("--fit-weights", action="store_true",
+                   help="nisf: fit every weight, not only what the procedure adapts (the paper procedure fits "
+                        "the latent; the bundled prior's fast procedure already adapts every weight)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     s.add_argument("--report", help="JSON report: per-step loss, time of each phase, warnings")
     s.add_argument("--reference", help="ground-truth label map: adds Dice per class to the report")
