@@ -281,9 +281,11 @@ def run_train_segmentation(args) -> dict:
     n_val = args.val if args.val is not None else max(1, len(names) // 10)
     train_names, val_names = seeded_split(names, n_val, args.split_seed + 1)
     train, val = labelled_images(args.data, train_names), labelled_images(args.data, val_names)
+    if args.classes:
+        if len(args.classes) < 2:
+            raise UsageError("--classes: name the background and at least one class")
+        cfg.num_classes = len(args.classes)
     classes = args.classes or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)]
-    if len(classes) != cfg.num_classes:
-        raise UsageError(f"--classes names {len(classes)} classes, but num_classes is {cfg.num_classes}")
     training = {"data": str(args.data), "subjects_train": len(train), "subjects_val": len(val),
                 "split": {"held_out": held_out, "validation": val_names, "split_seed": args.split_seed},
                 "command": " ".join(sys.argv)}
@@ -291,7 +293,6 @@ def run_train_segmentation(args) -> dict:
                   description=args.description or f"{args.method} segmentation prior ({Path(args.data).name})",
                   training_data=training, log_path=args.log, time_limit_s=args.time_limit)
     if args.method == "metaseg":
-        cfg.num_classes = len(classes)
         return train_metaseg_prior(train, val, cfg, args.out, meta_batch=args.batch, class_names=classes,
                                    **common)
     return train_nisf_prior(train, val, cfg, args.out, latent_steps=args.latent_steps, batch=args.batch,
