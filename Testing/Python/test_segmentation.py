@@ -98,7 +98,7 @@ def test_metaseg_inner_loop_adapts_the_siren_only(subjects):
     cfg = TINY_METASEG
     learner = metaseg.new_learner(cfg)
     data = TrainingVolumes.from_images(subjects, cfg.scale_mm)
-    (ctx_in, ctx_y), _ = metaseg.sample_meta_batch(data, cfg, np.random.default_rng(0), 2)
+    (ctx_in, ctx_y), _ = data.meta_batch(np.random.default_rng(0), 2, cfg.context_points, cfg.target_points)
     params = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in learner.model.named_parameters()}
     adapted = learner.adapt(params, ctx_in, ctx_y, metaseg.intensity_loss, steps=1)
     for k in params:

@@ -28,7 +28,7 @@ from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import Siren
 from ..priors import Prior, PriorError, prior_config
-from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
+from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = "segmentation/metaseg"
 CLASS_NAMES = ("background", "anterior", "posterior")
@@ -84,19 +84,6 @@ def make_outer_loss(cfg: MetaSegConfig):
                 + segmentation_loss(output[..., 1:], target[..., 1].long()))
 
     return loss
-
-
-def sample_meta_batch(data: TrainingVolumes, cfg: MetaSegConfig, rng: np.random.Generator, tasks: int):
-    """Context (coords, intensity) and target (coords, [intensity, label]) of ``tasks`` subjects."""
-    ctx_x, ctx_y, tgt_x, tgt_y = [], [], [], []
-    for index in rng.choice(len(data.volumes), tasks, replace=len(data.volumes) < tasks):
-        coords, intensity, _ = data.sample(rng, int(index), cfg.context_points)
-        ctx_x.append(coords)
-        ctx_y.append(intensity[:, None])
-        coords, intensity, labels = data.sample(rng, int(index), cfg.target_points)
-        tgt_x.append(coords)
-        tgt_y.append(torch.stack([intensity, labels.float()], -1))
-    return ((torch.stack(ctx_x),), torch.stack(ctx_y)), ((torch.stack(tgt_x),), torch.stack(tgt_y))
 
 
 def new_learner(cfg: MetaSegConfig) -> MetaLearner:

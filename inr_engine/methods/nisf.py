@@ -116,16 +116,6 @@ def sample_batch(data: TrainingVolumes, cfg: NISFConfig, rng: np.random.Generato
 
 
 # --------------------------------------------------------------------------- fast procedure (stage 2)
-def meta_batch(data: TrainingVolumes, cfg: NISFConfig, rng: np.random.Generator, tasks: int):
-    """Context (coords, intensity) and target (coords, [intensity, label]) for latent meta-learning."""
-    index = rng.choice(len(data.volumes), tasks, replace=len(data.volumes) < tasks)
-    ctx = [data.sample(rng, int(i), cfg.points) for i in index]
-    tgt = [data.sample(rng, int(i), cfg.points) for i in index]
-    ctx_x, ctx_i = (torch.stack(p) for p in list(zip(*ctx))[:2])
-    tgt_x, tgt_i, tgt_l = (torch.stack(p) for p in zip(*tgt))
-    return ((ctx_x,), ctx_i[..., None]), ((tgt_x,), torch.stack([tgt_i, tgt_l.float()], -1))
-
-
 def fast_learner(net: NISFNetwork, cfg: NISFConfig) -> MetaLearner:
     """Meta-SGD adapting the latent (``fast_adapts="latent"``) or every parameter (``"all"``).
 

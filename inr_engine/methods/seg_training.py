@@ -58,7 +58,7 @@ def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cf
                                       seed=seed, meta_batch=meta_batch, outer_lr=lr)
         save_prior(out, metaseg.prior_tensors(lrn), meta)
 
-    result = train_meta(learner, lambda: metaseg.sample_meta_batch(data, cfg, rng, meta_batch),
+    result = train_meta(learner, lambda: data.meta_batch(rng, meta_batch, cfg.context_points, cfg.target_points),
                         metaseg.make_outer_loss(cfg), steps, lr, device, validate, validate_every=validate_every,
                         log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s,
                         inner_loss_fn=metaseg.intensity_loss)
@@ -168,8 +168,8 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
             outer_lr=lr, training_seconds=trained_s)
         save_prior(out, nisf.prior_tensors(paper_weights, lrn), meta)
 
-    result = train_meta(learner, lambda: nisf.meta_batch(data, cfg, rng, batch), nisf.outer_loss, latent_steps,
-                        meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
+    result = train_meta(learner, lambda: data.meta_batch(rng, batch, cfg.points, cfg.points), nisf.outer_loss,
+                        latent_steps, meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
                         checkpoint=checkpoint, inner_loss_fn=nisf.inner_loss)
     if rank == 0:
         log({"stage": "default steps", "dice_against_steps": choose_default_steps(out, val)})

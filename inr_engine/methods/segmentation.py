@@ -132,6 +132,19 @@ class TrainingVolumes:
     def reference(self) -> IntensityReference:
         return IntensityReference.from_images([v.intensity.numpy() for v in self.volumes])
 
+    def meta_batch(self, rng: np.random.Generator, tasks: int, context_points: int, target_points: int):
+        """Fit-pixels-get-labels tasks of ``tasks`` random subjects: context (coords, intensity) to
+        adapt on, target (coords, [intensity, label]) to score, in ``MetaLearner`` form."""
+        ctx_x, ctx_y, tgt_x, tgt_y = [], [], [], []
+        for index in rng.choice(len(self.volumes), tasks, replace=len(self.volumes) < tasks):
+            coords, intensity, _ = self.sample(rng, int(index), context_points)
+            ctx_x.append(coords)
+            ctx_y.append(intensity[:, None])
+            coords, intensity, labels = self.sample(rng, int(index), target_points)
+            tgt_x.append(coords)
+            tgt_y.append(torch.stack([intensity, labels.float()], -1))
+        return ((torch.stack(ctx_x),), torch.stack(ctx_y)), ((torch.stack(tgt_x),), torch.stack(tgt_y))
+
     def sample(self, rng: np.random.Generator, index: int, points: int) -> tuple[torch.Tensor, ...]:
         """``points`` random voxels of subject ``index``: (coords, intensity, labels)."""
         vol = self.volumes[index]
