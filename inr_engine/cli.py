@@ -15,7 +15,7 @@ from .frames import GeometryError
 from .io import VolumeError
 from .methods.segmentation import SegmentationError
 from .methods.slices import SliceError
-from .priors import PriorError
+from .priors import DEFAULT_PRIORS, PriorError
 
 USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OSError)
 HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}
@@ -83,7 +83,7 @@ def run_complete(args) -> dict:
         raise UsageError("--steps must be >= 0")
     bars: dict[int, tqdm] = {}
 
-    def on_step(label, st):
+    def on_step(label, st, _case):
         if label not in bars:
             bars[label] = tqdm(total=steps, desc=f"label {label}: fitting", unit="step", leave=False,
                                disable=args.quiet)
@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, help="dense label map on exactly the input's grid")
     c.add_argument("--mesh", help="surface mesh (.stl, .ply, .vtp; LPS coordinates as 3D Slicer expects)")
     c.add_argument("--mesh-step", type=float, default=1.0, help="mesh sampling in voxels (0.5 = twice as fine)")
-    c.add_argument("--prior", default="adrenal", help="bundled prior name or prior file (default: adrenal)")
+    c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
+                   help=f"bundled prior name or prior file (default: {DEFAULT_PRIORS['shape_completion']})")
     c.add_argument("--steps", type=int, help="fitting steps on the annotated slices (default: the prior's)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     c.add_argument("--report", help="JSON report: slices used, per-step loss, time of each phase")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from .fit import FitStep
 from .mesh import surface_from_logits
@@ -20,7 +21,7 @@ from .methods.slices import SliceError
 
 MAX_LABELS = 255
 
-StepCallback = Callable[[int, FitStep], None]  # (label, step) after every fitting step
+StepCallback = Callable[[int, FitStep, Case], None]  # (label, step, its case) after every fitting step
 
 
 @dataclass
@@ -76,15 +77,27 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
         out[box] = np.where(win, lab, out[box])
         if mesh_step is not None:
             t0 = time.perf_counter()
-            fine, fine_lo = ((fitted.logits, fitted.lo) if mesh_step == 1.0
-                             else completer.decode(fitted.case, fitted.params, mesh_step))
-            result.surfaces[lab] = surface_from_logits(fine, fine_lo, mesh_step, affine)
+            result.surfaces[lab] = completion_surface(completer, fitted.case, fitted.params, mesh_step,
+                                                      (fitted.logits, fitted.lo))
             fitted.report["phases"]["mesh"] = time.perf_counter() - t0
         fitted.report["phases"]["total"] = sum(fitted.report["phases"].values())
         result.report["labels"][str(lab)] = fitted.report
     for lab in labels:  # after all labels: overlaps went to the highest logit
         result.report["labels"][str(lab)]["voxels"] = int((out == lab).sum())
     return result
+
+
+def completion_surface(completer: ShapeCompleter, case: Case, params: dict, mesh_step: float,
+                       voxel_logits: tuple[np.ndarray, np.ndarray] | None = None) -> vtkPolyData:
+    """The completed shape's surface in RAS mm, decoded every ``mesh_step`` voxels.
+
+    ``voxel_logits`` (logits, lo) at a step of one voxel are reused when ``mesh_step`` is 1.
+    """
+    if mesh_step == 1.0 and voxel_logits is not None:
+        logits, lo = voxel_logits
+    else:
+        logits, lo = completer.decode(case, params, mesh_step)
+    return surface_from_logits(logits, lo, mesh_step, case.affine)
 
 
 @dataclass
@@ -111,7 +124,7 @@ def _fit_label(mask, affine, completer, steps, slices, on_step, lab) -> _FittedL
         history.append({"step": st.step, "loss": st.loss, "seconds": st.seconds})
         params = st.params
         if on_step is not None:
-            on_step(lab, st)
+            on_step(lab, st, case)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     logits, lo = completer.decode(case, params)

@@ -3,6 +3,9 @@
 Loading never unpickles anything: safetensors holds raw tensors only. A file that is not a
 safetensors file, lacks our metadata, was made for another task, or does not match the
 manifest's checksum is refused with :class:`PriorError`.
+
+Listing the bundled priors needs neither PyTorch nor safetensors (they are imported where
+tensors are read or written), so the Slicer modules can show them before those are installed.
 """
 
 from __future__ import annotations
@@ -11,20 +14,24 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Any
 
 from .files import atomic_output
 from .frames import FRAME_CONVENTION
+
+if TYPE_CHECKING:
+    import torch
 
 PRIOR_FORMAT = "inr-engine-prior"
 PRIOR_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "priors"
 MAX_PRIOR_BYTES = 512 * 1024 * 1024
+
+# What a prior is for (its metadata's "task"), and the bundled prior each method uses by default.
+SHAPE_COMPLETION_TASK = "shape_completion"
+SEGMENTATION_TASKS = {"metaseg": "segmentation/metaseg", "nisf": "segmentation/nisf"}  # method -> task
+DEFAULT_PRIORS = {"shape_completion": "adrenal", "metaseg": "hippocampus-metaseg", "nisf": "hippocampus-nisf"}
 
 
 class PriorError(ValueError):
@@ -56,6 +63,9 @@ def sha256(path: Path) -> str:
 
 def save_prior(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write a prior atomically (temporary file, then rename) and return its path."""
+    import torch
+    from safetensors.torch import save_file
+
     path = Path(path)
     meta = {"format": PRIOR_FORMAT, "format_version": PRIOR_FORMAT_VERSION, **metadata}
     if "task" not in meta:
@@ -87,6 +97,8 @@ def write_manifest(directory: str | Path, descriptions: dict[str, str] | None = 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """Metadata of a prior file, validated; raises :class:`PriorError` for anything else."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     if not path.is_file():
         raise PriorError(f"prior file not found: {path}")
@@ -119,12 +131,13 @@ def _manifest_entry(path: Path) -> dict[str, Any] | None:
     return next((e for e in entries.values() if e.get("file") == path.name), None)
 
 
-def bundled_priors() -> dict[str, dict[str, Any]]:
-    """Name -> manifest entry of the priors shipped with the engine."""
+def bundled_priors(task: str | None = None) -> dict[str, dict[str, Any]]:
+    """Name -> manifest entry of the priors shipped with the engine (only ``task``'s, if given)."""
     manifest = BUNDLED_DIR / MANIFEST
     if not manifest.is_file():
         return {}
-    return json.loads(manifest.read_text())["priors"]
+    entries = json.loads(manifest.read_text())["priors"]
+    return {name: e for name, e in entries.items() if task is None or e["task"] == task}
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -155,6 +168,9 @@ def prior_config(prior: Prior, task: str, config_cls: type, method: str):
 
 def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:
     """Load and verify a prior; ``task`` (e.g. ``"shape_completion"``) refuses priors of other tasks."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
     path = resolve(name_or_path)
     meta = read_metadata(path)
     entry = _manifest_entry(path)

@@ -16,10 +16,7 @@ import torch
 from .fit import FitStep
 from .methods import metaseg, nisf
 from .methods.segmentation import Segmenter, SegVolume
-from .priors import PriorError, load_prior
-
-METHODS = {"metaseg": metaseg.TASK, "nisf": nisf.TASK}
-DEFAULT_PRIORS = {"metaseg": "hippocampus-metaseg", "nisf": "hippocampus-nisf"}
+from .priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, PriorError, load_prior
 
 StepCallback = Callable[[FitStep, SegVolume], None]
 
@@ -33,9 +30,9 @@ class Segmentation:
 def load_segmenter(method: str, prior: str | None = None, device: torch.device | str = "cpu",
                    procedure: str = "fast", fit_weights: bool = False) -> Segmenter:
     """The segmenter of ``method`` from a bundled prior name or a prior file."""
-    if method not in METHODS:
-        raise PriorError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    loaded = load_prior(prior or DEFAULT_PRIORS[method], task=METHODS[method])
+    if method not in SEGMENTATION_TASKS:
+        raise PriorError(f"unknown method {method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
+    loaded = load_prior(prior or DEFAULT_PRIORS[method], task=SEGMENTATION_TASKS[method])
     if method == "metaseg":
         return metaseg.MetaSegSegmenter.from_prior(loaded, device)
     return nisf.NISFSegmenter.from_prior(loaded, procedure, fit_weights, device)
@@ -44,10 +41,18 @@ def load_segmenter(method: str, prior: str | None = None, device: torch.device |
 def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, steps: int | None = None,
                   on_step: StepCallback | None = None) -> Segmentation:
     """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels."""
-    steps = segmenter.default_steps if steps is None else steps
     t0 = time.perf_counter()
     volume = segmenter.prepare(image, affine)
-    phases = {"prepare": time.perf_counter() - t0}
+    result = segment_volume(volume, segmenter, steps, on_step)
+    result.report["phases"] = {"prepare": time.perf_counter() - t0, **result.report["phases"]}
+    result.report["phases"]["total"] = sum(v for k, v in result.report["phases"].items() if k != "total")
+    return result
+
+
+def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = None,
+                   on_step: StepCallback | None = None) -> Segmentation:
+    """:func:`segment_image` on a volume already checked and prepared by ``segmenter.prepare``."""
+    steps = segmenter.default_steps if steps is None else steps
     history, params = [], None
     t0 = time.perf_counter()
     for st in segmenter.fit(volume, steps):
@@ -55,14 +60,21 @@ def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, s
         params = st.params
         if on_step is not None:
             on_step(st, volume)
-    phases["fit"] = time.perf_counter() - t0
+    phases = {"fit": time.perf_counter() - t0}
     t0 = time.perf_counter()
     labels = segmenter.labels(volume, params)
     phases["decode"] = time.perf_counter() - t0
     phases["total"] = sum(phases.values())
-    classes = segmenter.prior.metadata.get("classes") if segmenter.prior is not None else None
     counts = np.bincount(labels.ravel(), minlength=segmenter.cfg.num_classes)
     report = {"steps": steps, "fit_steps": history, "phases": phases, "warnings": volume.warnings,
-              "classes": classes, "voxels": {str(c): int(n) for c, n in enumerate(counts) if c},
+              "classes": class_names(segmenter), "voxels": {str(c): int(n) for c, n in enumerate(counts) if c},
               "device": str(segmenter.device), "torch_threads": torch.get_num_threads()}
     return Segmentation(labels, report)
+
+
+def class_names(segmenter: Segmenter) -> list[str]:
+    """Class names from the prior's metadata (index 0 is the background), or ``class N``."""
+    names = segmenter.prior.metadata.get("classes") if segmenter.prior is not None else None
+    if not names or len(names) != segmenter.cfg.num_classes:
+        names = ["background"] + [f"class {c}" for c in range(1, segmenter.cfg.num_classes)]
+    return list(names)

@@ -333,7 +333,7 @@ def test_complete_multiple_labels(completer, ellipsoid_factory):
     sparse[:, :, 3::4] = full[:, :, 3::4]
     seen = []
     result = complete_labelmap(sparse, affine, completer, steps=2, slices={2: list(range(3, 20, 4))},
-                               mesh_step=1.0, on_step=lambda lab, st: seen.append((lab, st.step)))
+                               mesh_step=1.0, on_step=lambda lab, st, _case: seen.append((lab, st.step)))
     assert result.labels.dtype == np.int16 and result.labels.shape == shape
     assert set(np.unique(result.labels)) == {0, 2, 5}
     assert dice(result.labels == 2, a) > 0.75 and dice(result.labels == 5, b) > 0.75

@@ -27,10 +27,10 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import Prior, PriorError, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, prior_config
 from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
-TASK = "segmentation/metaseg"
+TASK = SEGMENTATION_TASKS["metaseg"]
 CLASS_NAMES = ("background", "anterior", "posterior")
 
 

@@ -36,10 +36,10 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import GaborResMLP
-from ..priors import Prior, PriorError, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, prior_config
 from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
-TASK = "segmentation/nisf"
+TASK = SEGMENTATION_TASKS["nisf"]
 PROCEDURES = ("fast", "paper")
 FAST_ADAPTS = ("latent", "all")
 WEIGHTS_FIT_LR = 1e-4  # paper procedure with every weight fitted, as in the NISF code

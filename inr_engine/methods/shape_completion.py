@@ -32,11 +32,11 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import Prior, PriorError, prior_config
+from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, prior_config
 from ..runtime import thread_map
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
-TASK = "shape_completion"
+TASK = SHAPE_COMPLETION_TASK
 
 
 @dataclass

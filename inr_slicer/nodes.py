@@ -1,0 +1,121 @@
+"""MRML nodes in, engine arrays out: volumes and segments as (array indexed i, j, k; 4x4 affine).
+
+The affine maps voxel indices to the node's own RAS space (its parent transform is not
+applied): outputs are placed under the input's parent transform, so they stay aligned with it
+whatever that transform does, and a volume is fitted exactly as the CLI fits its file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util.numpy_support import vtk_to_numpy
+
+
+class InputError(ValueError):
+    """An input node that cannot be used; nothing in the scene was changed."""
+
+
+def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def array_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def volume_array(node) -> tuple[np.ndarray, np.ndarray]:
+    """A scalar volume node's voxels (a copy, indexed i, j, k) and IJK->RAS affine."""
+    if node is None:
+        raise InputError("no input volume selected")
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{node.GetName()!r} is a {node.GetClassName()}, not a scalar volume")
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"volume {node.GetName()!r} holds no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"volume {node.GetName()!r} has {image.GetNumberOfScalarComponents()} components per "
+                         "voxel; a single-component (grey-value) volume is needed")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    return _image_array(image), matrix_to_array(ijk_to_ras)
+
+
+def oriented_image_array(image) -> tuple[np.ndarray, np.ndarray]:
+    """A ``vtkOrientedImageData``'s voxels (a copy, indexed i, j, k) and the affine of index 0."""
+    image_to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_world)
+    offset = np.eye(4)
+    offset[:3, 3] = image.GetExtent()[::2]
+    return _image_array(image), matrix_to_array(image_to_world) @ offset
+
+
+def _image_array(image) -> np.ndarray:
+    x0, x1, y0, y1, z0, z1 = image.GetExtent()
+    shape = (z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
+    if min(shape) <= 0:
+        return np.zeros((0, 0, 0), np.uint8)
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).transpose(2, 1, 0).copy()
+
+
+def reference_geometry(segmentation_node) -> slicer.vtkOrientedImageData:
+    """The segmentation's reference grid (the volume it was drawn on), as an empty image."""
+    segmentation = segmentation_node.GetSegmentation()
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    geometry = slicer.vtkOrientedImageData()
+    serialized = segmentation.GetConversionParameter(name)
+    if not serialized or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, geometry, False):
+        raise InputError(f"segmentation {segmentation_node.GetName()!r} has no reference geometry: "
+                         "set its source volume in the Segment Editor or the Segmentations module")
+    return geometry
+
+
+def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """One segment as a boolean mask on the segmentation's reference grid, and that grid's affine."""
+    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError("no input segmentation selected")
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id or "")
+    if segment is None:
+        raise InputError(f"segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}")
+    reference = reference_geometry(segmentation_node)
+    labelmap = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, labelmap):
+        raise InputError(f"segment {segment.GetName()!r} has no binary labelmap to complete")
+    resampled = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        labelmap, reference, resampled, False, True)
+    mask, affine = oriented_image_array(resampled)
+    if mask.size == 0 or not mask.any():
+        raise InputError(f"segment {segment.GetName()!r} is empty: paint the structure on a few slices first")
+    return mask > 0, affine
+
+
+def labelmap_mask(node, label: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One label of a label map volume as a boolean mask; ``label`` 0 means its only label."""
+    if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError("no input label map selected")
+    array, affine = volume_array(node)
+    present = [int(v) for v in np.unique(array) if v != 0]
+    if not present:
+        raise InputError(f"label map {node.GetName()!r} is empty: paint the structure on a few slices first")
+    if label == 0:
+        if len(present) > 1:
+            raise InputError(f"label map {node.GetName()!r} has labels {present}: choose which one to complete")
+        label = present[0]
+    if label not in present:
+        raise InputError(f"label map {node.GetName()!r} has no label {label} (labels present: {present})")
+    return array == label, affine
+
+
+def geometry_image(affine: np.ndarray, shape: tuple[int, int, int]) -> slicer.vtkOrientedImageData:
+    """An empty oriented image with this grid (for reference geometries)."""
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
+    image.SetImageToWorldMatrix(array_to_matrix(affine))
+    return image

@@ -1,0 +1,169 @@
+"""Output nodes that update live and can be put back: segments (with 3D surfaces) and models.
+
+Both follow one protocol: :meth:`write` shows a result (creating the node on first use, or
+remembering the node's previous content), :meth:`revert` puts the scene back as it was before
+the first write (used on cancel and on failure), :meth:`commit` makes the last write final.
+Nothing is created or changed before the first write, so a run that fails early leaves the
+scene untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util.numpy_support import vtk_to_numpy
+
+from .nodes import array_to_matrix
+
+# Slicer's GenericAnatomyColors, which the Segment Editor also gives new segments in turn.
+SEGMENT_COLORS = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
+                  (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0)]
+
+
+def default_color(index: int) -> tuple[float, float, float]:
+    return tuple(c / 255.0 for c in SEGMENT_COLORS[index % len(SEGMENT_COLORS)])
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One output segment: its ID and name, its colour (RGB 0-1), its value in the label arrays."""
+
+    segment_id: str
+    name: str
+    color: tuple[float, float, float]
+    label: int
+
+
+class LiveSegmentation:
+    """Writes label arrays into named segments of a segmentation node, with closed surfaces.
+
+    The segments share one labelmap layer, so one write is one copy of the label array and one
+    ``Modified`` (plus the surface update), however many segments there are.
+    """
+
+    def __init__(self, scene, affine: np.ndarray, shape: tuple[int, int, int], segments: list[SegmentSpec],
+                 node=None, node_name: str = "Segmentation", transform_node_id: str | None = None,
+                 closed_surface: bool = True):
+        self.scene, self.node, self.segments = scene, node, segments
+        self._affine, self._shape = np.asarray(affine, np.float64), tuple(shape)
+        self._node_name, self._transform_node_id = node_name, transform_node_id
+        self._closed_surface = closed_surface
+        self._created = False
+        self._snapshot = None
+        self._previous_transform: str | None = None
+        self._layer = None
+        self._voxels: np.ndarray | None = None  # numpy view of the shared layer, indexed k, j, i
+
+    def write(self, labels: np.ndarray) -> None:
+        """Show ``labels`` (an array on the grid, with the segments' label values)."""
+        if tuple(labels.shape) != self._shape:
+            raise ValueError(f"labels of shape {labels.shape} for an output grid of {self._shape}")
+        if self._layer is None:
+            self._attach()
+        self._voxels[...] = np.asarray(labels).transpose(2, 1, 0)
+        self._layer.Modified()
+        if self._closed_surface:
+            self.node.CreateClosedSurfaceRepresentation()
+
+    def revert(self) -> None:
+        """Put the scene back as it was before the first write."""
+        if self._created:
+            self.scene.RemoveNode(self.node)
+            self.node = None
+        elif self._snapshot is not None:
+            self.node.GetSegmentation().DeepCopy(self._snapshot)
+            self.node.SetAndObserveTransformNodeID(self._previous_transform)
+        self._reset()
+
+    def commit(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._created, self._snapshot, self._layer, self._voxels = False, None, None, None
+
+    def _attach(self) -> None:
+        if self.node is None:
+            self.node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self._node_name)
+            self.node.CreateDefaultDisplayNodes()
+            self._created = True
+        else:
+            self._snapshot = slicer.vtkSegmentation()
+            self._snapshot.DeepCopy(self.node.GetSegmentation())
+            self._previous_transform = self.node.GetTransformNodeID()
+        self.node.SetAndObserveTransformNodeID(self._transform_node_id)
+        self._layer = self._new_layer()
+        segmentation = self.node.GetSegmentation()
+        if segmentation.GetNumberOfSegments() == 0:
+            converter = slicer.vtkSegmentationConverter
+            segmentation.SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
+                                                converter.SerializeImageGeometry(self._layer))
+        labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        for spec in self.segments:
+            segmentation.RemoveSegment(spec.segment_id)
+            segment = slicer.vtkSegment()
+            segment.SetName(spec.name)
+            segment.SetColor(*spec.color)
+            segment.SetLabelValue(spec.label)
+            segment.AddRepresentation(labelmap_name, self._layer)
+            segmentation.AddSegment(segment, spec.segment_id)
+
+    def _new_layer(self):
+        layer = slicer.vtkOrientedImageData()
+        layer.SetExtent(0, self._shape[0] - 1, 0, self._shape[1] - 1, 0, self._shape[2] - 1)
+        layer.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        layer.SetImageToWorldMatrix(array_to_matrix(self._affine))
+        self._voxels = vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(self._shape[::-1])
+        self._voxels[...] = 0
+        return layer
+
+
+class LiveModel:
+    """Writes surfaces (``vtkPolyData`` in RAS mm) into a model node."""
+
+    def __init__(self, scene, node=None, node_name: str = "Model", color: tuple[float, float, float] | None = None,
+                 transform_node_id: str | None = None):
+        self.scene, self.node = scene, node
+        self._node_name, self._color, self._transform_node_id = node_name, color, transform_node_id
+        self._created = False
+        self._previous = None
+        self._previous_transform: str | None = None
+        self._attached = False
+
+    def write(self, surface: vtk.vtkPolyData) -> None:
+        if not self._attached:
+            self._attach()
+        self.node.SetAndObservePolyData(surface)
+
+    def revert(self) -> None:
+        if self._created:
+            self.scene.RemoveNode(self.node)
+            self.node = None
+        elif self._attached:
+            self.node.SetAndObservePolyData(self._previous)
+            self.node.SetAndObserveTransformNodeID(self._previous_transform)
+        self._reset()
+
+    def commit(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._created, self._previous, self._attached = False, None, False
+
+    def _attach(self) -> None:
+        if self.node is None:
+            self.node = self.scene.AddNewNodeByClass("vtkMRMLModelNode", self._node_name)
+            self.node.CreateDefaultDisplayNodes()
+            self._created = True
+            if self._color is not None:
+                self.node.GetDisplayNode().SetColor(*self._color)
+        else:
+            previous = self.node.GetPolyData()
+            self._previous = vtk.vtkPolyData()
+            if previous is not None:
+                self._previous.DeepCopy(previous)
+            self._previous_transform = self.node.GetTransformNodeID()
+        self.node.SetAndObserveTransformNodeID(self._transform_node_id)
+        self._attached = True

@@ -1,0 +1,210 @@
+"""Fitting off the main thread: one persistent worker thread, per-step results through a queue.
+
+A :class:`FitRun` is one fitting job seen from both sides:
+
+* the **worker thread** runs the job function, which calls :meth:`FitRun.report` after every
+  fitting step (with a preview only when :meth:`FitRun.wants_preview` says the last one was
+  shown, so previews never pile up); ``report`` raises :class:`Cancelled` once cancel was asked;
+* the **main thread** calls :meth:`FitRun.poll` (from a ``QTimer`` in Slicer, from a loop in
+  scripts and tests), which hands the newest preview and then the final result, error or
+  cancellation to the run's callbacks. Scene changes therefore happen only on the main thread.
+
+One thread serves every run, so the PyTorch state that is per thread (e.g. cuDNN's plan cache)
+is built once; runs wait their turn in a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+Job = Callable[["FitRun"], Any]
+
+
+class Cancelled(Exception):  # noqa: N818 -- a signal, not an error
+    """Raised inside a job when its run was cancelled."""
+
+
+class RunState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        return self in (RunState.FINISHED, RunState.CANCELLED, RunState.FAILED)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: ``step`` of ``total`` fitting steps done, with the last loss."""
+
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    elapsed: float = 0.0  # seconds since the fitting started
+
+    @property
+    def seconds_left(self) -> float | None:
+        if self.step <= 0 or self.total <= 0:
+            return None
+        return self.elapsed / self.step * max(self.total - self.step, 0)
+
+    def describe(self) -> str:
+        parts = [f"step {self.step}/{self.total}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.seconds_left is not None:
+            parts.append(f"{self.seconds_left:.1f} s left")
+        return ", ".join(parts)
+
+
+Callback = Callable[[Any], None]
+
+
+class FitRun:
+    """One job on the worker thread; poll it from the main thread."""
+
+    def __init__(self, job: Job, on_preview: Callback | None = None, on_finished: Callback | None = None,
+                 on_stopped: Callable[[RunState, str | None], None] | None = None):
+        self._job = job
+        self._on_preview, self._on_finished, self._on_stopped = on_preview, on_finished, on_stopped
+        self._cancel = threading.Event()
+        self._events: queue.Queue = queue.Queue()
+        self._preview_shown = threading.Event()
+        self._preview_shown.set()
+        self.state = RunState.QUEUED
+        self.progress = Progress()
+        self.result: Any = None
+        self.error: str | None = None
+
+    # ------------------------------------------------------------------ main thread
+    def cancel(self) -> None:
+        """Stop at the end of the current step; the callbacks see the run as cancelled now."""
+        if self.state.done:
+            return
+        self._cancel.set()
+        self._stop(RunState.CANCELLED, None)
+
+    def poll(self) -> bool:
+        """Hand pending results to the callbacks; returns True while the run is not done."""
+        preview, final = None, None
+        while True:
+            try:
+                kind, value = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "progress":
+                self.progress = value
+                if self.state is RunState.QUEUED:
+                    self.state = RunState.RUNNING
+            elif kind == "preview":
+                preview = value
+            else:
+                final = (kind, value)
+        if self.state.done:
+            return False
+        try:
+            if preview is not None and final is None and self._on_preview is not None:
+                self._on_preview(preview)
+            self._preview_shown.set()
+            if final is not None:
+                self._finish(*final)
+        except Exception as exc:  # a failure while updating the scene: stop the fit too
+            logging.exception("updating the scene from a fitting step failed")
+            self._cancel.set()
+            self._stop(RunState.FAILED, f"updating the scene failed: {exc}")
+        return not self.state.done
+
+    def wait(self, timeout: float | None = None, interval: float = 0.01) -> RunState:
+        """Poll until the run is done (scripts and tests; a GUI polls from a timer instead)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the run did not finish within {timeout} s ({self.progress.describe()})")
+            time.sleep(interval)
+        return self.state
+
+    def _finish(self, kind: str, value: Any) -> None:
+        if kind == "finished":
+            self.result = value
+            if self._on_finished is not None:
+                self._on_finished(value)
+            self.state = RunState.FINISHED
+        elif kind == "cancelled":
+            self._stop(RunState.CANCELLED, None)
+        else:
+            self._stop(RunState.FAILED, value)
+
+    def _stop(self, state: RunState, error: str | None) -> None:
+        self.state, self.error = state, error
+        if self._on_stopped is not None:
+            self._on_stopped(state, error)
+
+    # ------------------------------------------------------------------ worker thread
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def wants_preview(self) -> bool:
+        """True when the main thread has shown the last preview (so a new one is worth making)."""
+        return self._preview_shown.is_set() and not self.cancelled
+
+    def report(self, progress: Progress, preview: Any = None) -> None:
+        """Publish a step's progress (and optionally its preview); raises :class:`Cancelled`."""
+        if self.cancelled:
+            raise Cancelled
+        self._events.put(("progress", progress))
+        if preview is not None:
+            self._preview_shown.clear()
+            self._events.put(("preview", preview))
+
+    def _run(self) -> None:
+        if self.cancelled:
+            self._events.put(("cancelled", None))
+            return
+        try:
+            self._events.put(("finished", self._job(self)))
+        except Cancelled:
+            self._events.put(("cancelled", None))
+        except Exception as exc:  # reaches the user as a message; the traceback goes to the log
+            logging.exception("fitting failed")
+            self._events.put(("failed", str(exc) or type(exc).__name__))
+
+
+class FitWorker:
+    """One persistent daemon thread that runs :class:`FitRun` jobs one after another."""
+
+    def __init__(self, name: str = "inr-fit-worker"):
+        self._name = name
+        self._jobs: queue.Queue[FitRun] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, run: FitRun) -> FitRun:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+        self._jobs.put(run)
+        return run
+
+    def _loop(self) -> None:
+        while True:
+            self._jobs.get()._run()
+
+
+_shared_worker = FitWorker()
+
+
+def start(job: Job, **callbacks: Any) -> FitRun:
+    """Queue ``job`` on the shared worker thread; ``callbacks`` as for :class:`FitRun`."""
+    return _shared_worker.submit(FitRun(job, **callbacks))
