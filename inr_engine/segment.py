@@ -43,9 +43,10 @@ def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, s
     """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels."""
     t0 = time.perf_counter()
     volume = segmenter.prepare(image, affine)
+    prepare_s = time.perf_counter() - t0
     result = segment_volume(volume, segmenter, steps, on_step)
-    result.report["phases"] = {"prepare": time.perf_counter() - t0, **result.report["phases"]}
-    result.report["phases"]["total"] = sum(v for k, v in result.report["phases"].items() if k != "total")
+    phases = result.report["phases"]
+    result.report["phases"] = {"prepare": prepare_s, **phases, "total": phases["total"] + prepare_s}
     return result
 
 

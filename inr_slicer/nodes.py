@@ -90,10 +90,11 @@ def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.nda
     resampled = slicer.vtkOrientedImageData()
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
         labelmap, reference, resampled, False, True)
-    mask, affine = oriented_image_array(resampled)
-    if mask.size == 0 or not mask.any():
+    layer, affine = oriented_image_array(resampled)
+    mask = layer == segment.GetLabelValue()  # the layer may be shared with other segments
+    if not mask.any():
         raise InputError(f"segment {segment.GetName()!r} is empty: paint the structure on a few slices first")
-    return mask > 0, affine
+    return mask, affine
 
 
 def labelmap_mask(node, label: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -102,7 +102,8 @@ class LiveSegmentation:
                                                 converter.SerializeImageGeometry(self._layer))
         labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         for spec in self.segments:
-            segmentation.RemoveSegment(spec.segment_id)
+            if segmentation.GetSegment(spec.segment_id) is not None:
+                segmentation.RemoveSegment(spec.segment_id)
             segment = slicer.vtkSegment()
             segment.SetName(spec.name)
             segment.SetColor(*spec.color)

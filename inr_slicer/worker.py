@@ -3,8 +3,9 @@
 A :class:`FitRun` is one fitting job seen from both sides:
 
 * the **worker thread** runs the job function, which calls :meth:`FitRun.report` after every
-  fitting step (with a preview only when :meth:`FitRun.wants_preview` says the last one was
-  shown, so previews never pile up); ``report`` raises :class:`Cancelled` once cancel was asked;
+  fitting step, passing a function that makes that step's preview; ``report`` calls it only
+  when the last preview was shown and previews take at most a quarter of the worker's time,
+  so they never pile up or slow fitting much; it raises :class:`Cancelled` once cancel was asked;
 * the **main thread** calls :meth:`FitRun.poll` (from a ``QTimer`` in Slicer, from a loop in
   scripts and tests), which hands the newest preview and then the final result, error or
   cancellation to the run's callbacks. Scene changes therefore happen only on the main thread.
@@ -69,6 +70,9 @@ class Progress:
 
 Callback = Callable[[Any], None]
 
+# Previews may cost at most 1 / (1 + PREVIEW_SPACING) of the worker's time.
+PREVIEW_SPACING = 3.0
+
 
 class FitRun:
     """One job on the worker thread; poll it from the main thread."""
@@ -81,6 +85,7 @@ class FitRun:
         self._events: queue.Queue = queue.Queue()
         self._preview_shown = threading.Event()
         self._preview_shown.set()
+        self._next_preview = 0.0  # time.monotonic() from which a new preview is worth its cost
         self.state = RunState.QUEUED
         self.progress = Progress()
         self.result: Any = None
@@ -154,18 +159,22 @@ class FitRun:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def wants_preview(self) -> bool:
-        """True when the main thread has shown the last preview (so a new one is worth making)."""
-        return self._preview_shown.is_set() and not self.cancelled
+    def report(self, progress: Progress, make_preview: Callable[[], Any] | None = None) -> None:
+        """Publish a step's progress, and ``make_preview()`` when a preview is due.
 
-    def report(self, progress: Progress, preview: Any = None) -> None:
-        """Publish a step's progress (and optionally its preview); raises :class:`Cancelled`."""
+        Raises :class:`Cancelled` when the run was cancelled.
+        """
         if self.cancelled:
             raise Cancelled
         self._events.put(("progress", progress))
-        if preview is not None:
-            self._preview_shown.clear()
-            self._events.put(("preview", preview))
+        if make_preview is None or not self._preview_shown.is_set() or time.monotonic() < self._next_preview:
+            return
+        start = time.monotonic()
+        preview = make_preview()
+        end = time.monotonic()
+        self._next_preview = end + PREVIEW_SPACING * (end - start)
+        self._preview_shown.clear()
+        self._events.put(("preview", preview))
 
     def _run(self) -> None:
         if self.cancelled:

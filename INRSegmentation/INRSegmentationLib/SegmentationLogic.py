@@ -64,8 +64,9 @@ class SegmentationLogic:
 
         def job(run: FitRun):
             def on_step(st, volume):
-                preview = segmenter.labels(volume, st.params) if st.step < steps and run.wants_preview() else None
-                run.report(Progress(st.step, steps, st.loss, st.seconds), preview)
+                last = st.step == steps  # its labels come with the result
+                run.report(Progress(st.step, steps, st.loss, st.seconds),
+                           None if last else lambda: segmenter.labels(volume, st.params))
 
             return segment_volume(prepared, segmenter, steps, on_step)
 

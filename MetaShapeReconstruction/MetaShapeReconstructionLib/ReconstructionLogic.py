@@ -1,0 +1,155 @@
+"""MetaShapeReconstruction's logic: a few annotated slices in, a completed segment and a smooth
+model out, both updated live while the occupancy INR is fitted.
+
+No widgets and no Qt (see INRSegmentationLib.SegmentationLogic). PyTorch is imported only when
+a run starts or a preview is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from vtk.util.numpy_support import vtk_to_numpy
+
+from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK, bundled_priors
+from inr_slicer import worker
+from inr_slicer.nodes import InputError, labelmap_mask, oriented_image_array, segment_mask
+from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
+from inr_slicer.worker import FitRun, Progress, RunState
+
+
+@dataclass
+class ReconstructionRequest:
+    """What to complete and how: the widget's parameter node holds the same fields."""
+
+    input: object  # vtkMRMLSegmentationNode (with ``segment_id``) or vtkMRMLLabelMapVolumeNode
+    segment_id: str = ""  # the segment to complete (segmentation input)
+    label: int = 0  # the label to complete (label map input); 0 = its only label
+    prior: str = ""  # a bundled prior's name or a prior file; "" = the default shape prior
+    steps: int = 0  # fitting steps; 0 = the prior's default
+    device: str = "auto"
+    model_step: float = 0.5  # model sampling in voxels (0.5 = twice as fine as the voxels); 0 = no model
+    output: object = None  # vtkMRMLSegmentationNode; None = a new node
+    output_model: object = None  # vtkMRMLModelNode; None = a new node
+
+
+@dataclass
+class _Shape:
+    mask: np.ndarray
+    affine: np.ndarray
+    name: str
+    color: tuple[float, float, float]
+
+
+class ReconstructionLogic:
+    """Complete a sparsely annotated shape on the worker thread, updating the scene every step."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    @staticmethod
+    def prior_choices() -> list[str]:
+        """The bundled shape priors, the default first (no PyTorch needed)."""
+        names = sorted(bundled_priors(SHAPE_COMPLETION_TASK))
+        return sorted(names, key=lambda name: name != DEFAULT_PRIORS["shape_completion"])
+
+    def start(self, request: ReconstructionRequest) -> FitRun:
+        """Check the inputs and start fitting; bad input raises before the scene changes."""
+        from inr_engine.complete import complete_labelmap, completion_surface
+        from inr_engine.decode import labels_on_grid
+
+        shape = self._input_shape(request)
+        completer = load_completer(request.prior, request.device)
+        completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
+        steps = request.steps or completer.cfg.default_steps
+        transform = request.input.GetTransformNodeID()
+        same_node = request.output is request.input
+        segment = LiveSegmentation(
+            self.scene, shape.affine, shape.mask.shape,
+            [SegmentSpec(f"{shape.name}_completed" if same_node else shape.name,
+                         f"{shape.name} completed" if same_node else shape.name, shape.color, 1)],
+            request.output, f"{shape.name} completed", transform)
+        model = LiveModel(self.scene, request.output_model, f"{shape.name} model", shape.color, transform)
+        mesh_step = request.model_step or None
+
+        def job(run: FitRun):
+            def preview(st, case):
+                logits, lo = completer.decode(case, st.params)
+                surface = completion_surface(completer, case, st.params, mesh_step, (logits, lo)) if mesh_step else None
+                return labels_on_grid(shape.mask.shape, lo, logits), surface
+
+            def on_step(_label, st, case):
+                last = st.step == steps  # its result comes with the completion
+                run.report(Progress(st.step, steps, st.loss, st.seconds), None if last else lambda: preview(st, case))
+
+            result = complete_labelmap(shape.mask.astype(np.uint8), shape.affine, completer, steps,
+                                       mesh_step=mesh_step, on_step=on_step)
+            return result.labels, result.surfaces.get(1), result.report
+
+        def show(outcome):
+            labels, surface = outcome[:2]
+            segment.write(labels)
+            if surface is not None:
+                model.write(surface)
+
+        def finished(outcome):
+            show(outcome)
+            segment.commit()
+            model.commit()
+
+        def stopped(_state: RunState, _error):
+            segment.revert()
+            model.revert()
+
+        run = worker.start(job, on_preview=show, on_finished=finished, on_stopped=stopped)
+        run.output, run.output_model = segment, model
+        return run
+
+    def complete(self, request: ReconstructionRequest, timeout: float | None = None):
+        """Complete synchronously (for scripts); returns (segmentation node, model node or None)."""
+        run = self.start(request)
+        if run.wait(timeout) is not RunState.FINISHED:
+            raise RuntimeError(run.error or "completion was cancelled")
+        return run.output.node, run.output_model.node
+
+    @staticmethod
+    def _input_shape(request: ReconstructionRequest) -> _Shape:
+        node = request.input
+        if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+            mask, affine = segment_mask(node, request.segment_id)
+            segment = node.GetSegmentation().GetSegment(request.segment_id)
+            return _Shape(mask, affine, segment.GetName(), tuple(segment.GetColor()))
+        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+            mask, affine = labelmap_mask(node, request.label)
+            return _Shape(mask, affine, node.GetName(), default_color(0))
+        raise InputError("choose a segmentation (and a segment) or a label map with a few annotated slices")
+
+
+def load_completer(prior: str = "", device: str = "auto"):
+    """The shape completer of a bundled prior's name or a prior file ("" = the default)."""
+    from inr_engine.methods.shape_completion import ShapeCompleter
+    from inr_engine.priors import load_prior
+    from inr_engine.runtime import resolve_device
+
+    return ShapeCompleter.from_prior(load_prior(prior or DEFAULT_PRIORS["shape_completion"],
+                                                task=SHAPE_COMPLETION_TASK), resolve_device(device))
+
+
+def complete_oriented_labelmap(merged, output, completer, steps: int | None = None) -> None:
+    """The Segment Editor effect's preview: complete every label of ``merged`` into ``output``.
+
+    Both are ``vtkOrientedImageData``; ``output`` gets ``merged``'s geometry, each voxel the label
+    of the completed shape that claims it (overlaps go to the most confident one).
+    """
+    from inr_engine.complete import complete_labelmap
+
+    labels, affine = oriented_image_array(merged)
+    if labels.size == 0 or not labels.any():
+        raise InputError("no annotated slices to complete: paint the structure on a few slices first")
+    completed = complete_labelmap(labels, affine, completer, steps).labels
+    output.DeepCopy(merged)  # geometry and scalar type
+    extent = merged.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    vtk_to_numpy(output.GetPointData().GetScalars()).reshape(shape)[...] = completed.transpose(2, 1, 0)
+    output.Modified()
