@@ -41,26 +41,38 @@ def volume_array(node) -> tuple[np.ndarray, np.ndarray]:
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(f"volume {node.GetName()!r} has {image.GetNumberOfScalarComponents()} components per "
                          "voxel; a single-component (grey-value) volume is needed")
+    dims = image.GetDimensions()
+    if min(dims) < 2:
+        raise InputError(f"volume {node.GetName()!r} is a single 2D slice ({dims[0]} x {dims[1]} x {dims[2]} "
+                         "voxels): a 3D volume is needed")
     ijk_to_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(ijk_to_ras)
     return _image_array(image), matrix_to_array(ijk_to_ras)
 
 
 def oriented_image_array(image) -> tuple[np.ndarray, np.ndarray]:
-    """A ``vtkOrientedImageData``'s voxels (a copy, indexed i, j, k) and the affine of index 0."""
+    """A ``vtkOrientedImageData``'s voxels (a copy, indexed i, j, k) and :func:`oriented_image_grid`'s affine."""
+    return _image_array(image), oriented_image_grid(image)[0]
+
+
+def oriented_image_grid(image) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The affine of a ``vtkOrientedImageData``'s first voxel (its extent need not start at 0), and its shape."""
     image_to_world = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(image_to_world)
+    extent = image.GetExtent()
     offset = np.eye(4)
-    offset[:3, 3] = image.GetExtent()[::2]
-    return _image_array(image), matrix_to_array(image_to_world) @ offset
+    offset[:3, 3] = extent[::2]
+    shape = tuple(max(extent[2 * a + 1] - extent[2 * a] + 1, 0) for a in range(3))
+    return matrix_to_array(image_to_world) @ offset, shape
 
 
 def _image_array(image) -> np.ndarray:
     x0, x1, y0, y1, z0, z1 = image.GetExtent()
     shape = (z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1)
-    if min(shape) <= 0:
+    scalars = image.GetPointData().GetScalars()
+    if min(shape) <= 0 or scalars is None:
         return np.zeros((0, 0, 0), np.uint8)
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).transpose(2, 1, 0).copy()
+    return vtk_to_numpy(scalars).reshape(shape).transpose(2, 1, 0).copy()
 
 
 def reference_geometry(segmentation_node) -> slicer.vtkOrientedImageData:
@@ -73,6 +85,20 @@ def reference_geometry(segmentation_node) -> slicer.vtkOrientedImageData:
         raise InputError(f"segmentation {segmentation_node.GetName()!r} has no reference geometry: "
                          "set its source volume in the Segment Editor or the Segmentations module")
     return geometry
+
+
+def check_output_grid(segmentation_node, affine: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """Refuse an output segmentation that holds segments made on another grid: they would not line up."""
+    if segmentation_node is None or segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
+        return
+    try:
+        reference = reference_geometry(segmentation_node)
+    except InputError:
+        return
+    reference_affine, reference_shape = oriented_image_grid(reference)
+    if reference_shape != tuple(shape) or not np.allclose(reference_affine, affine, atol=1e-3):
+        raise InputError(f"the output segmentation {segmentation_node.GetName()!r} was made on another grid "
+                         f"({reference_shape} voxels, not {tuple(shape)}): choose a new output segmentation")
 
 
 def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray]:

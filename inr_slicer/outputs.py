@@ -27,6 +27,16 @@ def default_color(index: int) -> tuple[float, float, float]:
     return tuple(c / 255.0 for c in SEGMENT_COLORS[index % len(SEGMENT_COLORS)])
 
 
+def remove_node(scene, node) -> None:
+    """Remove a displayable node together with its display and storage nodes."""
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None:
+            scene.RemoveNode(helper)
+
+
 @dataclass(frozen=True)
 class SegmentSpec:
     """One output segment: its ID and name, its colour (RGB 0-1), its value in the label arrays."""
@@ -51,6 +61,7 @@ class LiveSegmentation:
         self._affine, self._shape = np.asarray(affine, np.float64), tuple(shape)
         self._node_name, self._transform_node_id = node_name, transform_node_id
         self._closed_surface = closed_surface
+        self.writes = 0
         self._created = False
         self._snapshot = None
         self._previous_transform: str | None = None
@@ -67,11 +78,12 @@ class LiveSegmentation:
         self._layer.Modified()
         if self._closed_surface:
             self.node.CreateClosedSurfaceRepresentation()
+        self.writes += 1
 
     def revert(self) -> None:
         """Put the scene back as it was before the first write."""
         if self._created:
-            self.scene.RemoveNode(self.node)
+            remove_node(self.scene, self.node)
             self.node = None
         elif self._snapshot is not None:
             self.node.GetSegmentation().DeepCopy(self._snapshot)
@@ -140,7 +152,7 @@ class LiveModel:
 
     def revert(self) -> None:
         if self._created:
-            self.scene.RemoveNode(self.node)
+            remove_node(self.scene, self.node)
             self.node = None
         elif self._attached:
             self.node.SetAndObservePolyData(self._previous)

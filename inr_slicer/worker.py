@@ -16,6 +16,7 @@ is built once; runs wait their turn in a queue.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -194,9 +195,10 @@ class FitWorker:
 
     def __init__(self, name: str = "inr-fit-worker"):
         self._name = name
-        self._jobs: queue.Queue[FitRun] = queue.Queue()
+        self._jobs: queue.Queue[FitRun | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._current: FitRun | None = None
 
     def submit(self, run: FitRun) -> FitRun:
         with self._lock:
@@ -206,12 +208,31 @@ class FitWorker:
         self._jobs.put(run)
         return run
 
-    def _loop(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel every run and let the thread finish its current step (at exit: a thread killed
+        inside a PyTorch operation aborts the process)."""
         while True:
-            self._jobs.get()._run()
+            try:
+                queued = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                queued._cancel.set()
+        if self._current is not None:
+            self._current._cancel.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (run := self._jobs.get()) is not None:
+            self._current = run
+            run._run()
+            self._current = None
 
 
 _shared_worker = FitWorker()
+atexit.register(_shared_worker.shutdown)
 
 
 def start(job: Job, **callbacks: Any) -> FitRun:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from inr_engine.priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, bundled_priors
 from inr_slicer import worker
-from inr_slicer.nodes import volume_array
+from inr_slicer.nodes import check_output_grid, volume_array
 from inr_slicer.outputs import LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
@@ -54,6 +54,7 @@ class SegmentationLogic:
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
         image, affine = volume_array(request.volume)
+        check_output_grid(request.output, affine, image.shape)
         segmenter = load_segmenter(request.method, request.prior or None, resolve_device(request.device),
                                    request.procedure)
         prepared = segmenter.prepare(image, affine)  # validates the image; cheap next to fitting

@@ -14,7 +14,7 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK, bundled_priors
 from inr_slicer import worker
-from inr_slicer.nodes import InputError, labelmap_mask, oriented_image_array, segment_mask
+from inr_slicer.nodes import InputError, check_output_grid, labelmap_mask, oriented_image_array, segment_mask
 from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
@@ -60,6 +60,8 @@ class ReconstructionLogic:
         from inr_engine.decode import labels_on_grid
 
         shape = self._input_shape(request)
+        if request.output is not request.input:
+            check_output_grid(request.output, shape.affine, shape.mask.shape)
         completer = load_completer(request.prior, request.device)
         completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
         steps = request.steps or completer.cfg.default_steps

@@ -6,11 +6,20 @@ mocked. The suite runs on two CPU cores, so networks and grids are kept small.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+# Slicer puts the repository's module folders on sys.path; do the same for their Lib packages.
+REPOSITORY = Path(__file__).resolve().parents[2]
+for folder in ("", "INRSegmentation", "MetaShapeReconstruction", "SegmentEditorSparseCompletion"):
+    if str(REPOSITORY / folder) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY / folder))
 
 
 def rotation(angles_deg) -> np.ndarray:
