@@ -16,11 +16,18 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from .nodes import array_to_matrix
+from .nodes import geometry_image
 
 # Slicer's GenericAnatomyColors, which the Segment Editor also gives new segments in turn.
 SEGMENT_COLORS = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
                   (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0)]
+
+
+# Closed surfaces of the segmentations we create: Slicer's SurfaceNets conversion, smoothed inside
+# the filter, is several times faster than the default flying edges + windowed-sinc smoothing
+# (18 ms against 140 ms for two large segments on 128^3), which keeps live updates smooth.
+# Segmentations the user chose as output keep their own settings.
+LIVE_SURFACE_CONVERSION = {"Conversion method": "1", "SurfaceNets smoothing": "1"}
 
 
 def default_color(index: int) -> tuple[float, float, float]:
@@ -50,8 +57,8 @@ class SegmentSpec:
 class LiveSegmentation:
     """Writes label arrays into named segments of a segmentation node, with closed surfaces.
 
-    The segments share one labelmap layer, so one write is one copy of the label array and one
-    ``Modified`` (plus the surface update), however many segments there are.
+    Each segment has its own labelmap cropped to its bounding box: Slicer converts a segment to
+    its closed surface over its labelmap's extent, so tight boxes keep each live update cheap.
     """
 
     def __init__(self, scene, affine: np.ndarray, shape: tuple[int, int, int], segments: list[SegmentSpec],
@@ -65,17 +72,18 @@ class LiveSegmentation:
         self._created = False
         self._snapshot = None
         self._previous_transform: str | None = None
-        self._layer = None
-        self._voxels: np.ndarray | None = None  # numpy view of the shared layer, indexed k, j, i
+        self._layers: dict[str, slicer.vtkOrientedImageData] = {}
 
     def write(self, labels: np.ndarray) -> None:
         """Show ``labels`` (an array on the grid, with the segments' label values)."""
         if tuple(labels.shape) != self._shape:
             raise ValueError(f"labels of shape {labels.shape} for an output grid of {self._shape}")
-        if self._layer is None:
+        if not self._layers:
             self._attach()
-        self._voxels[...] = np.asarray(labels).transpose(2, 1, 0)
-        self._layer.Modified()
+        for spec in self.segments:
+            layer = self._layers[spec.segment_id]
+            _fill_cropped(layer, labels == spec.label)
+            layer.Modified()
         if self._closed_surface:
             self.node.CreateClosedSurfaceRepresentation()
         self.writes += 1
@@ -94,43 +102,62 @@ class LiveSegmentation:
         self._reset()
 
     def _reset(self) -> None:
-        self._created, self._snapshot, self._layer, self._voxels = False, None, None, None
+        self._created, self._snapshot, self._layers = False, None, {}
 
     def _attach(self) -> None:
         if self.node is None:
             self.node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self._node_name)
             self.node.CreateDefaultDisplayNodes()
+            for name, value in LIVE_SURFACE_CONVERSION.items():
+                self.node.GetSegmentation().SetConversionParameter(name, value)
             self._created = True
         else:
             self._snapshot = slicer.vtkSegmentation()
             self._snapshot.DeepCopy(self.node.GetSegmentation())
             self._previous_transform = self.node.GetTransformNodeID()
         self.node.SetAndObserveTransformNodeID(self._transform_node_id)
-        self._layer = self._new_layer()
         segmentation = self.node.GetSegmentation()
         if segmentation.GetNumberOfSegments() == 0:
             converter = slicer.vtkSegmentationConverter
             segmentation.SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
-                                                converter.SerializeImageGeometry(self._layer))
+                                                converter.SerializeImageGeometry(geometry_image(self._affine,
+                                                                                                self._shape)))
         labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         for spec in self.segments:
             if segmentation.GetSegment(spec.segment_id) is not None:
                 segmentation.RemoveSegment(spec.segment_id)
+            layer = geometry_image(self._affine, (0, 0, 0))
+            _fill_cropped(layer, np.zeros(self._shape, bool))
             segment = slicer.vtkSegment()
             segment.SetName(spec.name)
             segment.SetColor(*spec.color)
-            segment.SetLabelValue(spec.label)
-            segment.AddRepresentation(labelmap_name, self._layer)
+            segment.SetLabelValue(1)
+            segment.AddRepresentation(labelmap_name, layer)
             segmentation.AddSegment(segment, spec.segment_id)
+            self._layers[spec.segment_id] = layer
 
-    def _new_layer(self):
-        layer = slicer.vtkOrientedImageData()
-        layer.SetExtent(0, self._shape[0] - 1, 0, self._shape[1] - 1, 0, self._shape[2] - 1)
+
+def _fill_cropped(layer, mask: np.ndarray) -> None:
+    """Make ``layer`` hold ``mask`` (0/1) over its bounding box plus one voxel (nothing if empty)."""
+    lo, hi = bounding_box(mask)
+    if lo is None:
+        layer.SetExtent(0, -1, 0, -1, 0, -1)
         layer.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        layer.SetImageToWorldMatrix(array_to_matrix(self._affine))
-        self._voxels = vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(self._shape[::-1])
-        self._voxels[...] = 0
-        return layer
+        return
+    lo = np.maximum(lo - 1, 0)
+    hi = np.minimum(hi + 1, np.array(mask.shape) - 1)
+    layer.SetExtent(int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+    layer.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    box = mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+    vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(box.shape[::-1])[...] = box.transpose(2, 1, 0)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """First and last index of ``mask``'s foreground along each axis, or (None, None) if it is empty."""
+    spans = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
+    if any(len(span) == 0 for span in spans):
+        return None, None
+    return np.array([span[0] for span in spans]), np.array([span[-1] for span in spans])
 
 
 class LiveModel:

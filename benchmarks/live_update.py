@@ -1,0 +1,179 @@
+"""The Slicer modules' per-step live update on a 128^3 grid, on real MRML (``slicer-core``).
+
+What a fitting step costs the main thread beyond the fit itself: writing the step's labels into
+the output segments and refreshing their 3D closed surfaces (``LiveSegmentation.write``), and
+for shape completion also replacing the model's mesh (``LiveModel.write``). Two workloads:
+
+* **segmentation**: the shipped hippocampus labels (anterior, posterior) resampled onto 128^3,
+  two segments in one layer; each update writes a different dilation of them, so every write
+  really changes the segments and their surfaces;
+* **completion, end to end**: the shipped adrenal sample upsampled to 128^3 and kept every 8th
+  slice, completed by ``ReconstructionLogic`` with the bundled prior; every live update of the
+  run is timed on the main thread, beside the worker's fitting-step time.
+
+Medians (and 90th percentiles) over ``--updates`` updates after a warm-up, ``--threads`` threads.
+
+Example::
+
+    PYTHONPATH=.:MetaShapeReconstruction python benchmarks/live_update.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import slicer
+import torch
+from scipy import ndimage
+
+from inr_engine.cli import SAMPLES_DIR
+from inr_engine.io import read_volume
+from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
+from inr_slicer.worker import RunState
+
+GRID = (128, 128, 128)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def new_scene():
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)  # registers the closed-surface converter
+    return scene, logic
+
+
+def resample_labels(labels: np.ndarray, shape=GRID) -> np.ndarray:
+    zoom = [n / m for n, m in zip(shape, labels.shape)]
+    return ndimage.zoom(labels, zoom, order=0)[: shape[0], : shape[1], : shape[2]]
+
+
+def summary(values: list[float]) -> dict:
+    ms = np.asarray(values) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": len(ms)}
+
+
+def segmentation_updates(updates: int, slicer_default_surfaces: bool = False) -> dict:
+    """Main-thread cost of writing two segments on 128^3 and refreshing their surfaces.
+
+    The output node is new (SurfaceNets surfaces, as the modules create it), or with
+    ``slicer_default_surfaces`` one the user made, with Slicer's default surface conversion.
+    """
+    labels = resample_labels(read_volume(SAMPLES_DIR / "hippocampus_004_labels.nii.gz").array.astype(np.uint8))
+    affine = np.diag([0.8, 0.8, 0.8, 1.0])
+    frames = []
+    for radius in range(updates + 2):
+        frame = labels.copy()
+        for c in (1, 2):
+            grown = ndimage.binary_dilation(labels == c, iterations=radius % 4) if radius % 4 else labels == c
+            frame[grown & (frame == 0)] = c
+        frames.append(frame)
+    scene, _logic = new_scene()
+    specs = [SegmentSpec(n, n, default_color(i), i + 1) for i, n in enumerate(("anterior", "posterior"))]
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user's") if slicer_default_surfaces else None
+    live = LiveSegmentation(scene, affine, GRID, specs, node=node, node_name="live")
+    live.write(frames[0])  # creates the node and its surfaces: the first write is not per-step work
+    times = []
+    for frame in frames[1:]:
+        t0 = time.perf_counter()
+        live.write(frame)
+        times.append(time.perf_counter() - t0)
+    surface = live.node.GetSegmentation().GetSegment("anterior").GetRepresentation("Closed surface")
+    surfaces = "Slicer's default surfaces (user's node)" if slicer_default_surfaces else "new output node"
+    return {"workload": f"2 segments, hippocampus labels resampled to 128^3, {surfaces}", "update": summary(times[1:]),
+            "voxels_per_segment": [int((labels == c).sum()) for c in (1, 2)],
+            "surface_points": surface.GetNumberOfPoints()}
+
+
+def completion_run(steps: int) -> dict:
+    """A real completion run on 128^3; every live update it makes is timed on the main thread."""
+    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+
+    from inr_engine.methods.slices import sparsify
+    from inr_slicer.nodes import array_to_matrix
+
+    full = read_volume(SAMPLES_DIR / "adrenal_val000_full.nii.gz")
+    mask = resample_labels((full.array > 0).astype(np.uint8)) > 0
+    sparse = sparsify(mask, 0, 8)[0].astype(np.uint8)
+    affine = full.affine.copy()
+    affine[:3, :3] *= 0.5  # the same anatomy at twice the resolution
+    scene, _logic = new_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "sparse")
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(*sparse.shape)
+    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(sparse.transpose(2, 1, 0)).ravel(), deep=True))
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(array_to_matrix(affine))
+
+    timings = {"segment": [], "model": []}
+    seg_write, model_write = LiveSegmentation.write, LiveModel.write
+
+    def timed(kind, write):
+        def wrapper(self, value):
+            t0 = time.perf_counter()
+            write(self, value)
+            timings[kind].append(time.perf_counter() - t0)
+        return wrapper
+
+    LiveSegmentation.write, LiveModel.write = timed("segment", seg_write), timed("model", model_write)
+    try:
+        run = ReconstructionLogic(scene).start(ReconstructionRequest(node, steps=steps, model_step=0.5))
+        state = run.wait(600, interval=0.001)
+    finally:
+        LiveSegmentation.write, LiveModel.write = seg_write, model_write
+    assert state is RunState.FINISHED, run.error
+    fit_s = run.result[2]["labels"]["1"]["fit_steps"]
+    step_s = np.diff([0.0] + [s["seconds"] for s in fit_s])
+    per_update = [a + b for a, b in zip(timings["segment"], timings["model"])]
+    return {"workload": f"adrenal upsampled to 128^3, every 8th slice, {steps} steps, model at 0.5 voxel",
+            "updates": len(per_update), "update": summary(per_update), "segment_write": summary(timings["segment"]),
+            "model_write": summary(timings["model"]), "fit_step": summary(list(step_s))}
+
+
+def table(results: dict) -> str:
+    rows = ["| workload | live updates | main-thread update, median (p90) | fitting step, median |",
+            "|---|---|---|---|"]
+    for seg in results["segmentation"]:
+        rows.append(f"| {seg['workload']} | {seg['update']['n']} | {seg['update']['median_ms']:.1f} ms "
+                    f"({seg['update']['p90_ms']:.1f}) | - |")
+    comp = results["completion"]
+    rows.append(f"| {comp['workload']} | {comp['updates']} | {comp['update']['median_ms']:.1f} ms "
+                f"({comp['update']['p90_ms']:.1f}) | {comp['fit_step']['median_ms']:.1f} ms |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--updates", type=int, default=30, help="segmentation updates timed (after one warm-up)")
+    p.add_argument("--steps", type=int, default=60, help="fitting steps of the end-to-end completion run")
+    p.add_argument("--out", default="benchmarks/results/live_update")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log("segmentation: timing segment writes and surface refreshes")
+    results = {"segmentation": [segmentation_updates(args.updates), segmentation_updates(args.updates, True)]}
+    log("completion: an end-to-end run")
+    results["completion"] = completion_run(args.steps)
+    results["machine"] = {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                          "python": sys.version.split()[0], "torch": torch.__version__}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live_update.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "live_update.md").write_text(table(results) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
