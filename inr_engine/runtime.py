@@ -19,7 +19,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU; use --device cpu")
+        raise RuntimeError(f"device {device!r} was asked for, but this PyTorch build sees no CUDA GPU; use the CPU")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)

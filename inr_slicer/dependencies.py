@@ -121,7 +121,8 @@ def ensure_packages(requirements: Iterable[str] | None = None) -> bool:
             slicer.util.pip_install(missing)  # a list: each requirement is one pip argument
     still_missing = missing_requirements(missing)
     if still_missing:
-        testing = " (Slicer runs in testing mode, which installs nothing)" if slicer.app.testingEnabled() else ""
+        skipped = slicer_packaging is not None and slicer.app.testingEnabled()  # pip_ensure installs nothing then
+        testing = " (Slicer runs in testing mode, in which pip_ensure installs nothing)" if skipped else ""
         raise DependencyError(f"these Python packages could not be installed{testing}: {', '.join(still_missing)}; "
                               "see the Python console for details.")
     return True

@@ -1,16 +1,18 @@
-"""The GUI side of a fitting run, shared by the extension's module widgets.
+"""GUI helpers shared by the extension's module widgets.
 
 A :class:`RunPanel` owns the Apply / Cancel buttons, the progress bar and the status label of
 a module panel. Given a :class:`~inr_slicer.worker.FitRun`, it polls the run from a ``QTimer``
 on the main thread (which is where the run's callbacks change the scene), shows its progress,
 cancels it on request, reports a failure, restores the buttons and hands the finished run to
-the widget. It computes nothing and changes no MRML node itself.
+the widget. A :class:`PriorChooser` fills a prior combo box (the bundled priors, a chosen prior
+file, "Browse..."); :func:`showIn3D` shows a finished output. None of them computes anything.
 
 Slicer application only (imports ``qt`` and ``slicer``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import qt
@@ -122,8 +124,11 @@ class RunPanel:
                 text += _(", final loss {loss:.4f}").format(loss=progress.loss)
             self.statusLabel.text = text
         elif run.state is RunState.CANCELLED:
-            self.statusLabel.text = _("Cancelled after {step} of {total} steps; the output was put back.").format(
-                step=progress.step, total=progress.total)
+            if progress.total:
+                self.statusLabel.text = _("Cancelled after {step} of {total} steps; the output was put back.").format(
+                    step=progress.step, total=progress.total)
+            else:
+                self.statusLabel.text = _("Cancelled; the output was put back.")
         else:
             self.statusLabel.text = _("Failed: {error}").format(error=run.error)
 
@@ -133,3 +138,65 @@ class RunPanel:
         self.cancelButton.enabled = running
         for widget in self.lockedWidgets:
             widget.enabled = not running
+
+
+def showIn3D(node) -> None:
+    """Show a finished output (segmentation or model) in the views, the first 3D view centred on it."""
+    if node is None:
+        return
+    displayNode = node.GetDisplayNode()
+    if displayNode is not None:
+        displayNode.SetVisibility(True)
+        displayNode.SetVisibility3D(True)
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is not None and layoutManager.threeDViewCount > 0:
+        layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+
+class PriorChooser:
+    """A prior combo box: the bundled priors (the default first, standing for ""), the chosen prior
+    file if any, and "Browse..." to choose one. The user's choice goes to ``onChosen(prior)``;
+    the widget shows the current choice with :meth:`update` (e.g. when its parameter node changes).
+    """
+
+    BROWSE = "__browse__"
+
+    def __init__(self, comboBox, onChosen: Callable[[str], None], dialogTitle: str = ""):
+        self.comboBox, self.onChosen = comboBox, onChosen
+        self.dialogTitle = dialogTitle or _("Choose a prior file")
+        self._choices: list[str] = []
+        self._prior = ""
+        self.comboBox.connect("activated(int)", self._onActivated)
+
+    def update(self, choices: Sequence[str], prior: str) -> None:
+        """Show ``choices`` (bundled prior names, the default first) with ``prior`` selected."""
+        self._choices, self._prior = list(choices), prior or ""
+        combo = self.comboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for index, name in enumerate(self._choices):
+            if index == 0:
+                combo.addItem(_("{name} (default)").format(name=name), "")
+            else:
+                combo.addItem(name, name)
+        if not self._choices:
+            combo.addItem(_("(no bundled prior)"), "")
+        current = "" if self._choices and self._prior == self._choices[0] else self._prior
+        if current and current not in self._choices:
+            combo.addItem(os.path.basename(current), current)  # a prior file
+            combo.setItemData(combo.count - 1, current, qt.Qt.ToolTipRole)
+        combo.addItem(_("Browse..."), self.BROWSE)
+        combo.setCurrentIndex(max(combo.findData(current), 0))
+        combo.blockSignals(wasBlocked)
+
+    def _onActivated(self, index: int) -> None:
+        prior = self.comboBox.itemData(index) or ""
+        if prior == self.BROWSE:
+            start = os.path.dirname(self._prior) if os.path.isfile(self._prior) else ""
+            prior = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), self.dialogTitle, start,
+                                                   _("INR priors (*.safetensors);;All files (*)"))
+            if not prior:  # dialog cancelled: keep the current prior
+                self.update(self._choices, self._prior)
+                return
+        self.onChosen(prior)
+        self.update(self._choices, self._prior)  # the widget's update (if any) has set self._prior

@@ -64,7 +64,7 @@ class Progress:
         parts = [f"step {self.step}/{self.total}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
-        if self.seconds_left is not None:
+        if self.seconds_left is not None and self.step < self.total:
             parts.append(f"{self.seconds_left:.1f} s left")
         return ", ".join(parts)
 
@@ -91,6 +91,9 @@ class FitRun:
         self.progress = Progress()
         self.result: Any = None
         self.error: str | None = None
+        # The live outputs the starting logic attached (e.g. a LiveSegmentation, a LiveModel).
+        self.output: Any = None
+        self.output_model: Any = None
 
     # ------------------------------------------------------------------ main thread
     def cancel(self) -> None:
