@@ -6,6 +6,7 @@ same grid and a report out; nothing is written to disk here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .methods.segmentation import Segmenter, SegVolume
 from .priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, PriorError, load_prior
 
 StepCallback = Callable[[FitStep, SegVolume], None]
+PREVIEW_POINTS = 1 << 18  # about a second of MetaSeg decoding on 2 CPU threads
 
 
 @dataclass
@@ -71,6 +73,28 @@ def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = 
               "classes": class_names(segmenter), "voxels": {str(c): int(n) for c, n in enumerate(counts) if c},
               "device": str(segmenter.device), "torch_threads": torch.get_num_threads()}
     return Segmentation(labels, report)
+
+
+def preview_labels(segmenter: Segmenter, volume: SegVolume, params=None,
+                   max_points: int = PREVIEW_POINTS) -> np.ndarray:
+    """A quick look at the labels during fitting: decoded at the centre of every ``stride``-voxel
+    block (the smallest stride that decodes at most ``max_points`` voxels) and repeated over it.
+
+    Equal to ``segmenter.labels`` when the volume has at most ``max_points`` voxels.
+    """
+    shape = volume.shape
+    stride = 1
+    while math.prod(math.ceil(n / stride) for n in shape) > max_points:
+        stride += 1
+    if stride == 1:
+        return segmenter.labels(volume, params)
+    centre = stride // 2
+    grid = volume.coords.reshape(*shape, 3)
+    picked = grid[centre::stride, centre::stride, centre::stride]
+    coarse = SegVolume(picked.reshape(-1, 3), volume.intensity[:0], tuple(picked.shape[:3]), volume.affine)
+    small = segmenter.labels(coarse, params)
+    full = small.repeat(stride, 0).repeat(stride, 1).repeat(stride, 2)[:shape[0], :shape[1], :shape[2]]
+    return np.pad(full, [(0, n - m) for n, m in zip(shape, full.shape)], mode="edge")
 
 
 def class_names(segmenter: Segmenter) -> list[str]:

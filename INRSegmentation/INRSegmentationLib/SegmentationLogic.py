@@ -49,7 +49,7 @@ class SegmentationLogic:
         preview; cancel or failure puts the output back as it was.
         """
         from inr_engine.runtime import resolve_device
-        from inr_engine.segment import load_segmenter, segment_volume
+        from inr_engine.segment import load_segmenter, preview_labels, segment_volume
 
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
@@ -67,7 +67,7 @@ class SegmentationLogic:
             def on_step(st, volume):
                 last = st.step == steps  # its labels come with the result
                 run.report(Progress(st.step, steps, st.loss, st.seconds),
-                           None if last else lambda: segmenter.labels(volume, st.params))
+                           None if last else lambda: preview_labels(segmenter, volume, st.params))
 
             return segment_volume(prepared, segmenter, steps, on_step)
 
