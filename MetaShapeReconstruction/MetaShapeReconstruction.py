@@ -2,41 +2,38 @@
 implicit shape prior, with the segment and a smooth surface model updated after every fitting step.
 
 This file is the GUI only. The work is done by ``MetaShapeReconstructionLib.ReconstructionLogic``
-(MRML in and out, no Qt) on the engine ``inr_engine`` (PyTorch); ``inr_slicer.runpanel`` follows a
-run from the panel and ``inr_slicer.dependencies`` installs PyTorch and the other packages on
-first Apply. Nothing here imports PyTorch, so the module loads before PyTorch is installed.
+(MRML in and out, no Qt) on the engine ``inr_engine`` (PyTorch); ``inr_slicer.modulewidget`` holds
+the widget life cycle the extension's modules share (its run panel follows a run,
+``inr_slicer.dependencies`` installs PyTorch and the other packages on first Apply). Nothing here
+imports PyTorch, so the module loads before PyTorch is installed.
 """
 
-import enum
 import os
 import sys
-import unittest
 from typing import Annotated
 
 import slicer
-import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 
 def _addSourceCheckoutToPath() -> None:
-    """Run from a source checkout, the shared packages (inr_slicer, inr_engine) sit one folder up;
-    an installed extension has them beside its modules, on the path already."""
+    """From a source checkout, inr_slicer and inr_engine sit one folder up (installed: beside the modules)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.isdir(os.path.join(root, "inr_slicer")) and root not in sys.path:
         sys.path.append(root)
 
 
 _addSourceCheckoutToPath()
+
+from inr_slicer.modulewidget import Device, ModuleTestMixin, ModuleWidget, nodeID, samplePath  # noqa: E402
 
 MIN_MODEL_STEP = 0.25  # finest model sampling offered, in voxels; 0 = no model
 
@@ -79,16 +76,6 @@ head-and-neck organ segmentations (CC BY 4.0; Nikolov et al., J Med Internet Res
 #
 
 
-class Device(enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-    def label(self) -> str:
-        return {"auto": _("Automatic (CUDA if available, else CPU)"), "cpu": _("CPU"),
-                "cuda": _("CUDA (NVIDIA GPU)")}[self.value]
-
-
 @parameterNodeWrapper
 class MetaShapeReconstructionParameterNode:
     """
@@ -118,30 +105,16 @@ class MetaShapeReconstructionParameterNode:
     outputModel: vtkMRMLModelNode
 
 
-def _nodeID(node):
-    return node.GetID() if node is not None else None
-
-
 #
 # MetaShapeReconstructionWidget
 #
 
 
-class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Uses ScriptedLoadableModuleWidget base class, available at:
-    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+class MetaShapeReconstructionWidget(ModuleWidget):
+    """Annotated slices (a segment or a label map), prior, output segmentation and model; ModuleWidget
+    (inr_slicer/modulewidget.py) holds the template's life cycle (cleanup, enter, exit, scene close, setParameterNode)
+    and Apply, which the extension's module widgets share.
     """
-
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self.panel = None
-        self.priorChooser = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._updatingGUI = False
-        self._filledOutputs = None  # (input key, output IDs) of the outputs the last finished run created
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -151,67 +124,20 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        # Neither imports PyTorch: the logic imports the engine only when a run starts.
+        # The logic imports the engine (and PyTorch) only when a run starts.
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic
 
-        from inr_slicer.runpanel import PriorChooser, RunPanel
-
         self.logic = ReconstructionLogic(slicer.mrmlScene)
-        self.panel = RunPanel(
-            self.ui.progressBar, self.ui.statusLabel, self.ui.applyButton, self.ui.cancelButton,
-            failureMessage=_("Shape completion failed."),
-            lockedWidgets=[self.ui.inputsCollapsibleButton, self.ui.methodCollapsibleButton,
-                           self.ui.outputsCollapsibleButton, self.ui.advancedCollapsibleButton])
-        self.priorChooser = PriorChooser(self.ui.priorComboBox, self._onPriorChosen, _("Choose a shape prior"))
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.setupRun(failureMessage=_("Shape completion failed."),
+                      startFailureMessage=_("Shape completion could not start."),
+                      priorDialogTitle=_("Choose a shape prior"))
         self.ui.inputSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
 
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
-        if self.panel:
-            self.panel.stop()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self.panel:
-            self.panel.cancel()  # the run's outputs go before the scene does
-        self._filledOutputs = None
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def onReload(self) -> None:
-        """Developer mode: reload the logic and the shared GUI helpers with the module."""
-        import importlib
-
-        for name in ("inr_slicer.dependencies", "inr_slicer.runpanel",
-                     "MetaShapeReconstructionLib.ReconstructionLogic"):
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
-        ScriptedLoadableModuleWidget.onReload(self)
-
     # ------------------------------------------------------------------ parameter node
     def initializeParameterNode(self) -> None:
-        store = ScriptedLoadableModuleLogic()
-        store.moduleName = self.moduleName  # the scene's parameter node of this module
-        self.setParameterNode(MetaShapeReconstructionParameterNode(store.getParameterNode()))
+        self.setParameterNode(MetaShapeReconstructionParameterNode(self.moduleParameterNode()))
 
         parameters = self._parameterNode
         if not parameters.inputSegmentation and not parameters.inputLabelmap:
@@ -223,33 +149,13 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
                 if labelmap:
                     parameters.inputLabelmap = labelmap
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # In the .ui file, widgets bound to a parameter have a "SlicerParameterName" dynamic property.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
-
-    def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        if self._updatingGUI:
-            return
-        self._updatingGUI = True
-        try:
-            parameters = self._parameterNode
-            self.priorChooser.update(self.logic.prior_choices(), parameters.prior if parameters else "")
-            self._updateSegmentSelector()
-            self._releaseFilledOutputs()
-            useLabel = bool(parameters) and parameters.inputSegmentation is None and \
-                parameters.inputLabelmap is not None
-            self.ui.labelSpinBox.enabled = useLabel
-            self.ui.labelLabel.enabled = useLabel
-        finally:
-            self._updatingGUI = False
-        self._checkCanApply()
+    def _updateGUIFromParameterNode(self) -> None:
+        parameters = self._parameterNode
+        self.priorChooser.update(self.logic.prior_choices(), parameters.prior if parameters else "")
+        self._updateSegmentSelector()
+        useLabel = bool(parameters) and parameters.inputSegmentation is None and parameters.inputLabelmap is not None
+        self.ui.labelSpinBox.enabled = useLabel
+        self.ui.labelLabel.enabled = useLabel
 
     def _updateSegmentSelector(self) -> None:
         """The segment selector follows the chosen segmentation and the stored segment ID."""
@@ -257,7 +163,7 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
         selector = self.ui.inputSegmentSelector
         segmentation = parameters.inputSegmentation if parameters else None
         wanted = parameters.inputSegmentID if parameters else ""
-        if _nodeID(selector.currentNode()) != _nodeID(segmentation):
+        if nodeID(selector.currentNode()) != nodeID(segmentation):
             selector.setCurrentNode(segmentation)
         if wanted and wanted != selector.currentSegmentID() and wanted in list(selector.segmentIDs()):
             selector.setCurrentSegmentID(wanted)
@@ -267,34 +173,10 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
         if parameters and parameters.inputSegmentID != (current or ""):
             parameters.inputSegmentID = current or ""  # the selector's pick (first segment, or after a removal)
 
-    def _inputKey(self):
-        """What the run would complete: the segmentation and segment, or the label map and label."""
-        parameters = self._parameterNode
-        if parameters.inputSegmentation is not None:
-            return _nodeID(parameters.inputSegmentation), parameters.inputSegmentID
-        return _nodeID(parameters.inputLabelmap), parameters.label
-
-    def _releaseFilledOutputs(self) -> None:
-        """Outputs a finished run created belong to that run's input: once another input is chosen,
-        the next Apply creates new ones instead of overwriting them."""
-        parameters = self._parameterNode
-        if not parameters or not self._filledOutputs or self._inputKey() == self._filledOutputs[0]:
-            return
-        segmentationID, modelID = self._filledOutputs[1]
-        if segmentationID and _nodeID(parameters.outputSegmentation) == segmentationID:
-            parameters.outputSegmentation = None
-        if modelID and _nodeID(parameters.outputModel) == modelID:
-            parameters.outputModel = None
-        self._filledOutputs = None
-
     def onSegmentChanged(self, segmentID) -> None:
         if self._updatingGUI or not self._parameterNode:
             return
         self._parameterNode.inputSegmentID = segmentID or ""
-
-    def _onPriorChosen(self, prior: str) -> None:
-        if self._parameterNode:
-            self._parameterNode.prior = prior
 
     def _checkCanApply(self) -> None:
         parameters = self._parameterNode
@@ -307,49 +189,30 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
         else:
             self.panel.setApplyAllowed(False, _("Select a segmentation (and a segment) or a label map"))
 
-    # ------------------------------------------------------------------ run
-    def onApplyButton(self) -> None:
-        if self.panel.running or not self._parameterNode:
-            return
-        with slicer.util.tryWithErrorDisplay(_("The Python packages INR Segmentation needs could not be installed.")):
-            from inr_slicer.dependencies import ensure_dependencies
+    def _inputKey(self):
+        """What the run would complete: the segmentation and segment, or the label map and label."""
+        parameters = self._parameterNode
+        if parameters.inputSegmentation is not None:
+            return nodeID(parameters.inputSegmentation), parameters.inputSegmentID
+        return nodeID(parameters.inputLabelmap), parameters.label
 
-            if not ensure_dependencies():
-                return  # the user declined an installation; nothing changed
+    # ------------------------------------------------------------------ run
+    def _buildRequest(self):
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionRequest
 
         parameters = self._parameterNode
         useSegmentation = parameters.inputSegmentation is not None
         modelStep = parameters.modelStep
-        request = ReconstructionRequest(
+        return ReconstructionRequest(
             input=parameters.inputSegmentation if useSegmentation else parameters.inputLabelmap,
             segment_id=parameters.inputSegmentID if useSegmentation else "",
             label=parameters.label, prior=parameters.prior, steps=parameters.steps,
             device=parameters.device.value,
             model_step=max(modelStep, MIN_MODEL_STEP) if modelStep > 0 else 0.0,
             output=parameters.outputSegmentation, output_model=parameters.outputModel)
-        with slicer.util.tryWithErrorDisplay(_("Shape completion could not start."), waitCursor=True):
-            run = self.logic.start(request)  # bad input raises here, before the scene changes
-            self.panel.start(run, self._onRunDone)
 
-    def _onRunDone(self, run) -> None:
-        from inr_slicer.runpanel import showIn3D
-        from inr_slicer.worker import RunState
-
-        if run.state is not RunState.FINISHED:
-            return  # cancelled or failed: the outputs were put back, the panel told the user
-        segmentation, model = run.output.node, run.output_model.node
-        parameters = self._parameterNode
-        if parameters:
-            filled = (None if parameters.outputSegmentation is not None else _nodeID(segmentation),
-                      None if parameters.outputModel is not None else _nodeID(model))
-            if segmentation is not None:
-                parameters.outputSegmentation = segmentation
-            if model is not None:
-                parameters.outputModel = model
-            self._filledOutputs = (self._inputKey(), filled)
-        showIn3D(segmentation)
-        showIn3D(model)
+    def _runOutputs(self, run) -> dict:
+        return {"outputSegmentation": run.output.node, "outputModel": run.output_model.node}
 
 
 #
@@ -357,37 +220,17 @@ class MetaShapeReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservation
 #
 
 
-def samplePath(name: str) -> str:
-    """A sample file shipped with the engine (inr_engine/data/samples)."""
-    import inr_engine.data
-
-    return os.path.join(list(inr_engine.data.__path__)[0], "samples", name)
-
-
 SPARSE_SAMPLE = "adrenal_val000_sparse_w8_axis0.nii.gz"  # three annotated slices of an adrenal gland
 
 
-class MetaShapeReconstructionTest(ScriptedLoadableModuleTest):
+class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
     """The logic on the shipped sparse adrenal sample, as the pytest suite runs it outside Slicer."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_complete_labelmap, self.test_complete_segment,
-                     self.test_cancel_leaves_scene_unchanged):
-            self.setUp()
-            try:
-                test()
-            except unittest.SkipTest as reason:
-                self.delayDisplay(f"Skipped {test.__name__}: {reason}")
-
-    def _requireDependencies(self):
-        from inr_slicer.dependencies import TORCH_REQUIREMENT, load_requirements, missing_requirements
-
-        missing = missing_requirements(["torch" + TORCH_REQUIREMENT, *load_requirements()])
-        if missing:
-            self.skipTest(f"not installed: {', '.join(missing)} (press Apply in the module once to install them)")
+        self.runTests(self.test_complete_labelmap, self.test_complete_segment, self.test_cancel_leaves_scene_unchanged)
 
     def _assertCompleted(self, segmentationNode, segmentName, modelNode):
         segmentation = segmentationNode.GetSegmentation()
@@ -431,19 +274,10 @@ class MetaShapeReconstructionTest(ScriptedLoadableModuleTest):
 
     def test_cancel_leaves_scene_unchanged(self):
         self._requireDependencies()
-        import time
-
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
-
-        from inr_slicer.worker import RunState
 
         self.delayDisplay("Cancelling a completion right after its start")
         labelmap = slicer.util.loadLabelVolume(samplePath(SPARSE_SAMPLE))
-        nodes = slicer.mrmlScene.GetNumberOfNodes()
-        run = ReconstructionLogic(slicer.mrmlScene).start(ReconstructionRequest(labelmap, steps=200, device="cpu"))
-        run.cancel()
-        time.sleep(0.5)  # let the worker reach its next step
-        run.poll()
-        self.assertIs(run.state, RunState.CANCELLED)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
+        self.assertCancelLeavesSceneUnchanged(ReconstructionLogic(slicer.mrmlScene),
+                                              ReconstructionRequest(labelmap, steps=200, device="cpu"))
         self.delayDisplay("Test passed")
