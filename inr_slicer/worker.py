@@ -134,10 +134,14 @@ class FitRun:
         return not self.state.done
 
     def wait(self, timeout: float | None = None, interval: float = 0.01) -> RunState:
-        """Poll until the run is done (scripts and tests; a GUI polls from a timer instead)."""
+        """Poll until the run is done (scripts and tests; a GUI polls from a timer instead).
+
+        On timeout the run is cancelled (its outputs put back) and ``TimeoutError`` raised.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
             if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
                 raise TimeoutError(f"the run did not finish within {timeout} s ({self.progress.describe()})")
             time.sleep(interval)
         return self.state

@@ -104,6 +104,8 @@ def test_segmentation_writes_named_coloured_segments_with_surfaces_on_the_volume
         assert dice(mask, truth == label) > 0.75  # the CLI's demo reaches 0.85 after 20 steps
         surface = found[sid].GetRepresentation("Closed surface")
         assert surface is not None and surface.GetNumberOfPoints() > 100
+        assert surface.GetPointData().GetNormals() is not None  # the final surface: Slicer's own conversion
+    assert node.GetSegmentation().GetConversionParameter("Conversion method") == "0"
     assert run.output.writes >= 2  # at least one live preview before the final result
     assert run.progress.step == run.progress.total == 8
 
@@ -132,6 +134,7 @@ def test_cancel_midway_puts_the_previous_result_back(scene):
     assert run.state is RunState.CANCELLED
     after = segment_arrays(node)
     assert [s.GetName() for s in segments(node).values()] == names
+    assert node.GetSegmentation().GetConversionParameter("Conversion method") == "0"  # live settings undone
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert not run.poll()  # later steps of the stopped fit change nothing
 
