@@ -109,10 +109,12 @@ def segment_mask(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.nda
     if segment is None:
         raise InputError(f"segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}")
     reference = reference_geometry(segmentation_node)
-    labelmap = slicer.vtkOrientedImageData()
-    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentation_node, segment_id, labelmap):
-        raise InputError(f"segment {segment.GetName()!r} has no binary labelmap to complete")
+    # The segment's own labelmap, in the node's space like the reference grid (the module logic's
+    # GetSegmentBinaryLabelmapRepresentation would apply the node's parent transform).
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if segment.GetRepresentation(name) is None and not segmentation_node.CreateBinaryLabelmapRepresentation():
+        raise InputError(f"segment {segment.GetName()!r} cannot be converted to a binary labelmap")
+    labelmap = segment.GetRepresentation(name)
     resampled = slicer.vtkOrientedImageData()
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
         labelmap, reference, resampled, False, True)

@@ -110,6 +110,19 @@ def test_segmentation_writes_named_coloured_segments_with_surfaces_on_the_volume
     assert run.progress.step == run.progress.total == 8
 
 
+def test_outputs_follow_the_inputs_parent_transform(scene):
+    volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(array_to_matrix(np.array(
+        [[0.0, -1.0, 0.0, 40.0], [1.0, 0.0, 0.0, -5.0], [0.0, 0.0, 1.0, 12.0], [0.0, 0.0, 0.0, 1.0]])))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    plain = SegmentationLogic(scene).segment(SegmentationRequest(load(scene, f"{HIPPOCAMPUS}_image.nii.gz"), steps=2))
+    moved = SegmentationLogic(scene).segment(SegmentationRequest(volume, steps=2))
+    assert moved.GetTransformNodeID() == transform.GetID() and plain.GetTransformNodeID() is None
+    for sid in segments(plain):  # fitted in the volume's own space: the transform changes nothing else
+        np.testing.assert_array_equal(segment_mask(moved, sid)[0], segment_mask(plain, sid)[0])
+
+
 def test_segmentation_updates_the_scene_only_from_the_polling_thread(scene):
     volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
     threads = set()
@@ -223,6 +236,10 @@ def test_completion_of_a_segment_writes_beside_it_and_keeps_its_name_and_colour(
     segment.SetName("adrenal")
     segment.SetColor(0.2, 0.4, 0.9)
     annotated = segment_mask(node, sid)[0]
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")  # a parent transform changes nothing
+    transform.SetMatrixTransformToParent(array_to_matrix(np.array(
+        [[0.0, 0.0, 1.0, 10.0], [0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]])))
+    node.SetAndObserveTransformNodeID(transform.GetID())
     run = ReconstructionLogic(scene).start(ReconstructionRequest(node, segment_id=sid, output=node, model_step=0))
     assert run.wait(120) is RunState.FINISHED, run.error
     found = segments(node)
