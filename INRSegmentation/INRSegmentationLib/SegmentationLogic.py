@@ -53,6 +53,8 @@ class SegmentationLogic:
 
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
+        if request.steps < 0:
+            raise ValueError(f"steps must be 0 (the prior's default) or more, not {request.steps}")
         image, affine = volume_array(request.volume)
         check_output_grid(request.output, affine, image.shape)
         segmenter = load_segmenter(request.method, request.prior or None, resolve_device(request.device),

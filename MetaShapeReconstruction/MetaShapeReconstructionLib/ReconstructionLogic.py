@@ -59,6 +59,8 @@ class ReconstructionLogic:
         from inr_engine.complete import complete_labelmap, completion_surface
         from inr_engine.decode import labels_on_grid
 
+        if request.steps < 0 or request.model_step < 0:
+            raise ValueError("steps and the model step must be 0 (the defaults) or more")
         shape = self._input_shape(request)
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)

@@ -163,7 +163,7 @@ def test_cancel_of_a_first_run_removes_its_new_output(scene):
 
 
 @pytest.mark.parametrize("case", ["none", "model", "slice", "nan", "labels", "cuda-missing", "foreign-prior",
-                                  "other-grid"])
+                                  "other-grid", "negative-steps"])
 def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, case):
     volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
     request = SegmentationRequest(volume, steps=1)
@@ -184,6 +184,8 @@ def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, cas
         request.device, error = "cuda", RuntimeError
     elif case == "foreign-prior":
         request.prior, error = "adrenal", PriorError
+    elif case == "negative-steps":
+        request.steps, error = -3, ValueError
     else:
         other = _volume_node(scene, np.random.rand(20, 20, 20), np.diag([2.0, 2.0, 2.0, 1.0]))
         request.output = SegmentationLogic(scene).segment(SegmentationRequest(other, steps=1))
@@ -289,6 +291,7 @@ def test_completion_bad_input_is_refused_and_the_scene_is_unchanged(scene):
         (ReconstructionRequest(_labelmap_node(scene, one_slice, affine)), SliceError),
         (ReconstructionRequest(_labelmap_node(scene, two_labels, affine)), InputError),
         (ReconstructionRequest(sparse, prior="hippocampus-metaseg"), PriorError),
+        (ReconstructionRequest(sparse, steps=-1), ValueError),
     ]
     for request, error in cases:
         nodes = node_ids(scene)
