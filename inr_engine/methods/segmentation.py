@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import LabelledImage
 from ..decode import chunk_size
 from ..frames import GeometryError, NormalizedFrame, grid_ijk, ijk_to_ras, validate_affine
 from ..intensity import IntensityError, IntensityReference, normalize_intensity
 from ..priors import Prior
+
+if TYPE_CHECKING:  # not at run time: the file readers are not needed to segment arrays
+    from ..datasets import LabelledImage
 
 MAX_SEGMENT_VOXELS = 256**3
 
