@@ -310,8 +310,15 @@ def _config_overrides(pairs: list[str] | None, config_cls) -> dict:
 
 # --------------------------------------------------------------------------- priors
 def run_priors(args) -> dict:
-    from .priors import BUNDLED_DIR, bundled_priors, load_prior, write_manifest
+    from .priors import BUNDLED_DIR, bundled_priors, load_prior, set_metadata, write_manifest
 
+    if args.action == "set":
+        changes = dict(_metadata_change(item) for item in args.set or [])
+        if not changes:
+            raise UsageError("priors set: give at least one --set KEY=JSON")
+        path = set_metadata(args.prior, changes)
+        print(f"updated {path}: {', '.join(sorted(changes))}")
+        return load_prior(path).metadata
     if args.action == "manifest":
         path = write_manifest(args.prior)
         print(f"wrote {path}")
@@ -329,6 +336,16 @@ def run_priors(args) -> dict:
     else:
         print(f"{prior.path}: OK ({meta['task']}, {sum(t.numel() for t in prior.tensors.values())} values)")
     return meta
+
+
+def _metadata_change(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--set {item!r}: expected KEY=JSON, e.g. classes='[\"background\", \"liver\"]'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--set {key}: the value is not JSON ({exc})") from exc
 
 
 # --------------------------------------------------------------------------- parser
@@ -429,10 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         "initialisation")
         tm.set_defaults(func=run_train_segmentation)
 
-    pr = sub.add_parser("priors", help="list, show or verify priors; write a folder's SHA256 manifest")
-    pr.add_argument("action", choices=["list", "show", "verify", "manifest"])
+    pr = sub.add_parser("priors", help="list, show, verify or annotate priors; write a folder's SHA256 manifest")
+    pr.add_argument("action", choices=["list", "show", "verify", "set", "manifest"])
     pr.add_argument("prior", nargs="?", default="adrenal",
-                    help="bundled name or file (show, verify); a folder of priors (manifest)")
+                    help="bundled name or file (show, verify, set); a folder of priors (manifest)")
+    pr.add_argument("--set", action="append", metavar="KEY=JSON",
+                    help="set: change descriptive metadata, e.g. --set class_colors='[[0,0,0],[1,0.8,0.2]]' "
+                         "(description, classes, class_colors; repeatable)")
     pr.set_defaults(func=run_priors)
     return p
 

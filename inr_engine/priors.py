@@ -166,6 +166,39 @@ def prior_config(prior: Prior, task: str, config_cls: type, method: str):
     return config_cls(**{k: v for k, v in prior.metadata.get("config", {}).items() if k in known})
 
 
+# Metadata the engine rebuilds a network from: fixed for the life of a prior file.
+STRUCTURAL_METADATA = ("format", "format_version", "task", "frame", "config", "architecture")
+
+
+def set_metadata(name_or_path: str | Path, changes: dict[str, Any]) -> Path:
+    """Change a prior's descriptive metadata (e.g. ``description``, ``classes``, ``class_colors``)
+    in place, keeping its tensors; the manifest beside it, if any, gets the new checksum."""
+    fixed = sorted(set(changes) & set(STRUCTURAL_METADATA))
+    if fixed:
+        raise PriorError(f"{', '.join(fixed)} cannot be changed: the network is rebuilt from them")
+    prior = load_prior(name_or_path)
+    metadata = {**prior.metadata, **changes}
+    _check_classes(metadata)
+    save_prior(prior.path, prior.tensors, metadata)
+    manifest = prior.path.parent / MANIFEST
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())["priors"]
+        write_manifest(prior.path.parent, {name: e.get("description", "") for name, e in entries.items()})
+    return prior.path
+
+
+def _check_classes(metadata: dict[str, Any]) -> None:
+    classes, colors = metadata.get("classes"), metadata.get("class_colors")
+    num = metadata.get("architecture", {}).get("num_classes") or metadata.get("config", {}).get("num_classes")
+    if classes is not None and num is not None and len(classes) != num:
+        raise PriorError(f"classes has {len(classes)} names; the network has {num} classes")
+    if colors is not None:
+        count = len(classes) if classes is not None else num
+        valid = all(len(c) == 3 and all(0.0 <= float(v) <= 1.0 for v in c) for c in colors)
+        if not valid or (count is not None and len(colors) != count):
+            raise PriorError(f"class_colors must hold one [r, g, b] (0 to 1) per class ({count}), background first")
+
+
 def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:
     """Load and verify a prior; ``task`` (e.g. ``"shape_completion"``) refuses priors of other tasks."""
     import torch

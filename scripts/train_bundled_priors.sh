@@ -42,3 +42,11 @@ SEG=(--data "$DATA/msd_hippocampus" --holdout 40 --val 12 --classes background a
     --description "NISF hippocampus prior (MSD Task04, anterior/posterior)"
 
 inr-engine priors manifest "$OUT"
+
+# Segment colours for the Slicer modules: Slicer's GenericAnatomyColors hippocampus yellow for the
+# anterior part, a warmer shade for the posterior part (background first).
+HIPPOCAMPUS_COLORS='[[0, 0, 0], [0.8627, 0.8471, 0.0784], [0.9451, 0.6275, 0.2353]]'
+for prior in hippocampus-metaseg hippocampus-nisf; do
+    [[ -f "$OUT/$prior.safetensors" ]] && inr-engine priors set "$OUT/$prior.safetensors" \
+        --set class_colors="$HIPPOCAMPUS_COLORS"
+done

@@ -28,6 +28,7 @@ from inr_engine.priors import (
     read_metadata,
     resolve,
     save_prior,
+    set_metadata,
     sha256,
     write_manifest,
 )
@@ -285,3 +286,34 @@ def test_shape_config_round_trips_through_metadata(tmp_path):
     for k, v in completer.step_sizes.items():
         assert v.shape == completer.init[k].shape
         torch.testing.assert_close(v, torch.full_like(v, cfg.inner_lr))
+
+
+def test_descriptive_metadata_can_change_and_the_manifest_follows(tmp_path, tiny_prior):
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    path = folder / tiny_prior.name
+    path.write_bytes(tiny_prior.read_bytes())
+    write_manifest(folder)
+    before = load_prior(path)
+    set_metadata(path, {"description": "left adrenal, my clinic", "class_colors": [[0, 0, 0], [0.9, 0.7, 0.1]]})
+    after = load_prior(path)  # verifies the manifest's new checksum
+    assert after.metadata["description"] == "left adrenal, my clinic"
+    assert after.metadata["class_colors"] == [[0, 0, 0], [0.9, 0.7, 0.1]]
+    assert after.metadata["config"] == before.metadata["config"]
+    assert all(torch.equal(after.tensors[k], v) for k, v in before.tensors.items())
+    assert json.loads((folder / MANIFEST).read_text())["priors"][path.stem]["sha256"] == sha256(path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"task": "segmentation/metaseg"}, "cannot be changed"),
+    ({"config": {}}, "cannot be changed"),
+    ({"class_colors": [[0, 0, 2]]}, "class_colors"),
+    ({"class_colors": [[0, 0]]}, "class_colors"),
+])
+def test_structural_or_malformed_metadata_is_refused(tmp_path, tiny_prior, changes, message):
+    path = tmp_path / tiny_prior.name
+    path.write_bytes(tiny_prior.read_bytes())
+    content = path.read_bytes()
+    with pytest.raises(PriorError, match=message):
+        set_metadata(path, changes)
+    assert path.read_bytes() == content

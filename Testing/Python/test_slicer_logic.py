@@ -24,7 +24,7 @@ from inr_engine.io import read_volume  # noqa: E402
 from inr_engine.methods.segmentation import SegmentationError  # noqa: E402
 from inr_engine.methods.slices import SliceError, sparsify  # noqa: E402
 from inr_engine.metrics import dice  # noqa: E402
-from inr_engine.priors import PriorError  # noqa: E402
+from inr_engine.priors import PriorError, read_metadata, resolve  # noqa: E402
 from inr_slicer import worker  # noqa: E402
 from inr_slicer.nodes import InputError, array_to_matrix, oriented_image_array, segment_mask, volume_array  # noqa: E402
 from inr_slicer.worker import Cancelled, FitRun, Progress, RunState  # noqa: E402
@@ -95,6 +95,8 @@ def test_segmentation_writes_named_coloured_segments_with_surfaces_on_the_volume
     found = segments(node)
     assert [s.GetName() for s in found.values()] == ["anterior", "posterior"]
     colors = [tuple(s.GetColor()) for s in found.values()]
+    expected = read_metadata(resolve("hippocampus-metaseg"))["class_colors"][1:]  # from the prior's metadata
+    np.testing.assert_allclose(colors, expected, atol=1e-6)
     assert colors[0] != colors[1]
     truth = read_volume(SAMPLES_DIR / f"{HIPPOCAMPUS}_labels.nii.gz").array
     _, affine = volume_array(volume)
