@@ -66,6 +66,17 @@ def grid_ijk(shape: tuple[int, int, int], step: float = 1.0, start=(0.0, 0.0, 0.
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
+def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s foreground grown by ``margin`` voxels (clipped to the grid),
+    as slices; None if the mask is empty."""
+    mask = np.asarray(mask)
+    spans = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
+    if any(len(span) == 0 for span in spans):
+        return None
+    return tuple(slice(max(int(span[0]) - margin, 0), min(int(span[-1]) + 1 + margin, n))
+                 for span, n in zip(spans, mask.shape))
+
+
 @dataclass(frozen=True)
 class NormalizedFrame:
     """The network frame: ``u = (ras - center) / scale``."""

@@ -10,19 +10,14 @@ import warnings
 
 import numpy as np
 
+from .frames import foreground_box
+
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two binary masks (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
-def _box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    fg = np.argwhere(mask)
-    lo = np.maximum(fg.min(0) - margin, 0)
-    hi = np.minimum(fg.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, float]:
@@ -34,7 +29,7 @@ def segmentation_scores(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[st
     out = {"dice": dice(pred, truth), "hd95": float("nan"), "asd": float("nan")}
     if not pred.any() or not truth.any():
         return out
-    box = _box(pred | truth)  # distances are unchanged by cropping; computing them is not
+    box = foreground_box(pred | truth, margin=2)  # distances are unchanged by cropping; computing them is not
     p, t = (torch.from_numpy(np.stack([~m[box], m[box]])[None].astype(np.float32)) for m in (pred, truth))
     spc = [float(s) for s in spacing]
     with warnings.catch_warnings():

@@ -16,6 +16,8 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
+from inr_engine.frames import foreground_box
+
 from .nodes import geometry_image
 
 # Slicer's GenericAnatomyColors, which the Segment Editor also gives new segments in turn.
@@ -149,25 +151,15 @@ class LiveSegmentation:
 
 def _fill_cropped(layer, mask: np.ndarray) -> None:
     """Make ``layer`` hold ``mask`` (0/1) over its bounding box plus one voxel (nothing if empty)."""
-    lo, hi = bounding_box(mask)
-    if lo is None:
+    box = foreground_box(mask, margin=1)
+    if box is None:
         layer.SetExtent(0, -1, 0, -1, 0, -1)
         layer.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         return
-    lo = np.maximum(lo - 1, 0)
-    hi = np.minimum(hi + 1, np.array(mask.shape) - 1)
-    layer.SetExtent(int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+    layer.SetExtent(*(bound for b in box for bound in (b.start, b.stop - 1)))
     layer.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    box = mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
-    vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(box.shape[::-1])[...] = box.transpose(2, 1, 0)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """First and last index of ``mask``'s foreground along each axis, or (None, None) if it is empty."""
-    spans = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
-    if any(len(span) == 0 for span in spans):
-        return None, None
-    return np.array([span[0] for span in spans]), np.array([span[-1] for span in spans])
+    cropped = mask[box]
+    vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(cropped.shape[::-1])[...] = cropped.transpose(2, 1, 0)
 
 
 class LiveModel:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inr_engine.frames import GeometryError, NormalizedFrame, grid_ijk, ijk_to_ras, ras_to_ijk, spacing, validate_affine
+from inr_engine.frames import (
+    GeometryError,
+    NormalizedFrame,
+    foreground_box,
+    grid_ijk,
+    ijk_to_ras,
+    ras_to_ijk,
+    spacing,
+    validate_affine,
+)
 
 OBLIQUE = [
     dict(spacing=(1.0, 1.0, 1.0), angles_deg=(0, 0, 0), origin=(0, 0, 0)),
@@ -93,3 +102,12 @@ def test_nan_in_translation_refused():
     affine[1, 3] = np.nan
     with pytest.raises(GeometryError):
         validate_affine(affine)
+
+
+def test_foreground_box_is_the_grown_bounding_box_clipped_to_the_grid():
+    mask = np.zeros((10, 12, 8), bool)
+    assert foreground_box(mask) is None
+    mask[2, 5:7, 7] = True
+    mask[4, 6, 6] = True
+    assert foreground_box(mask) == (slice(2, 5), slice(5, 7), slice(6, 8))
+    assert foreground_box(mask, margin=3) == (slice(0, 8), slice(2, 10), slice(3, 8))
