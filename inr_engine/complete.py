@@ -54,10 +54,12 @@ def input_labels(array: np.ndarray) -> list[int]:
 
 def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCompleter, steps: int | None = None,
                       label: int | None = None, slices: dict[int, list[int]] | None = None,
-                      mesh_step: float | None = None, on_step: StepCallback | None = None) -> Completion:
+                      mesh_step: float | None = None, on_step: StepCallback | None = None,
+                      prepared: dict[int, Case] | None = None) -> Completion:
     """Complete each label of ``array`` (or only ``label``) and, if ``mesh_step``, mesh it.
 
-    Overlaps between labels go to the label with the highest logit.
+    Overlaps between labels go to the label with the highest logit. ``prepared`` holds cases a
+    caller already made with ``completer.prepare`` (e.g. to check the input early), by label.
     """
     labels = input_labels(array)
     if label is not None:
@@ -70,7 +72,8 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     result = Completion(out, report={"labels": {}, "steps": steps, "device": str(completer.device),
                                      "torch_threads": torch.get_num_threads()})
     for lab in labels:
-        fitted = _fit_label(array == lab, affine, completer, steps, slices, on_step, lab)
+        case = (prepared or {}).get(lab) or completer.prepare(array == lab, affine, slices)
+        fitted = _fit_label(case, completer, steps, on_step, lab)
         box = tuple(slice(int(a), int(a) + n) for a, n in zip(fitted.lo, fitted.logits.shape))
         win = fitted.logits > best[box]
         best[box] = np.where(win, fitted.logits, best[box])
@@ -116,8 +119,7 @@ def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
     return np.min_scalar_type(largest)
 
 
-def _fit_label(mask, affine, completer, steps, slices, on_step, lab) -> _FittedLabel:
-    case = completer.prepare(mask, affine, slices)
+def _fit_label(case, completer, steps, on_step, lab) -> _FittedLabel:
     history, params = [], completer.init
     t0 = time.perf_counter()
     for st in completer.fit(case, steps):

@@ -65,7 +65,7 @@ class ReconstructionLogic:
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
         completer = load_completer(request.prior, request.device)
-        completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
+        case = completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
         steps = request.steps or completer.cfg.default_steps
         transform = request.input.GetTransformNodeID()
         same_node = request.output is request.input
@@ -88,7 +88,7 @@ class ReconstructionLogic:
                 run.report(Progress(st.step, steps, st.loss, st.seconds), None if last else lambda: preview(st, case))
 
             result = complete_labelmap(shape.mask.astype(np.uint8), shape.affine, completer, steps,
-                                       mesh_step=mesh_step, on_step=on_step)
+                                       mesh_step=mesh_step, on_step=on_step, prepared={1: case})
             return result.labels, result.surfaces.get(1), result.report
 
         def show(outcome):

@@ -355,6 +355,17 @@ def test_complete_multiple_labels(completer, ellipsoid_factory):
         complete_labelmap(sparse, affine, completer, steps=1, label=7)
 
 
+def test_complete_uses_a_case_the_caller_prepared(completer, ellipsoid_factory):
+    mask, affine = ellipsoid_factory((24, 24, 24), (7, 6, 8))
+    sparse = np.zeros(mask.shape, np.uint8)
+    sparse[:, :, 4::4] = mask[:, :, 4::4]
+    chosen = {2: [8, 12, 16]}  # fewer slices than the input holds: found automatically, all would be used
+    case = completer.prepare(sparse > 0, affine, chosen)
+    result = complete_labelmap(sparse, affine, completer, steps=1, prepared={1: case})
+    assert result.report["labels"]["1"]["slices"] == {"2": [8, 12, 16]}
+    assert complete_labelmap(sparse, affine, completer, steps=1).report["labels"]["1"]["slices"] != {"2": [8, 12, 16]}
+
+
 def test_input_labels_refusals():
     assert input_labels(np.array([[[0, 3], [1, 3]]], np.uint8)) == [1, 3]
     assert input_labels(np.array([[[0.0, 2.0]]])) == [2]
