@@ -23,7 +23,6 @@ from pathlib import Path
 REQUIREMENTS_FILE = Path(__file__).resolve().with_name("requirements.txt")
 TORCH_REQUIREMENT = ">=2.3"  # the engine's floor (pyproject.toml: "any PyTorch >= 2.3 works")
 REQUESTER = "INR Segmentation"
-IMPORT_NAMES = {"pynrrd": "nrrd"}  # distribution name -> module name, where they differ
 
 _ensured = False  # everything was importable once in this session: later Applies skip the checks
 
@@ -38,12 +37,6 @@ def load_requirements(path: str | Path = REQUIREMENTS_FILE) -> list[str]:
     return [line for line in lines if line and not line.startswith("-")]
 
 
-def import_name(distribution: str) -> str:
-    """The module a distribution provides (``pynrrd`` -> ``nrrd``)."""
-    name = distribution.lower()
-    return IMPORT_NAMES.get(name, name.replace("-", "_"))
-
-
 def is_satisfied(requirement: str) -> bool:
     """Whether ``requirement`` (e.g. ``"scipy>=1.10"``) is installed at a fitting version and importable."""
     from packaging.requirements import Requirement  # bundled with Slicer
@@ -55,7 +48,8 @@ def is_satisfied(requirement: str) -> bool:
         return False
     if not req.specifier.contains(version, prereleases=True):
         return False
-    return importlib.util.find_spec(import_name(req.name)) is not None
+    # Every package we list imports under its distribution's name (torch, safetensors, scipy).
+    return importlib.util.find_spec(req.name.lower().replace("-", "_")) is not None
 
 
 def missing_requirements(requirements: Iterable[str]) -> list[str]:
