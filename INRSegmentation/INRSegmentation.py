@@ -104,6 +104,7 @@ class INRSegmentationParameterNode:
     steps - fitting steps; 0 = the prior's default.
     device - auto, cpu or cuda.
     procedure - NISF only: fast or paper.
+    refineBoundaries - MetaSeg only: re-label the most uncertain voxels with the prior's boundary refiner.
     outputSegmentation - the segmentation to write; none = a new one, created on Apply.
     """
 
@@ -113,6 +114,7 @@ class INRSegmentationParameterNode:
     steps: Annotated[int, WithinRange(0, 10000)] = 0
     device: Device = Device.AUTO
     procedure: Procedure = Procedure.FAST
+    refineBoundaries: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
 
 
@@ -157,6 +159,7 @@ class INRSegmentationWidget(ModuleWidget):
         nisf = bool(self._parameterNode) and self._parameterNode.method is Method.NISF
         self.ui.procedureComboBox.enabled = nisf
         self.ui.procedureLabel.enabled = nisf
+        self.ui.refineBoundariesCheckBox.enabled = not nisf
 
     def _updatePriorComboBox(self) -> None:
         parameters = self._parameterNode
@@ -186,6 +189,7 @@ class INRSegmentationWidget(ModuleWidget):
         return SegmentationRequest(
             volume=parameters.inputVolume, method=parameters.method.value, prior=parameters.prior,
             steps=parameters.steps, device=parameters.device.value, procedure=parameters.procedure.value,
+            refine=parameters.refineBoundaries and parameters.method is Method.METASEG,
             output=parameters.outputSegmentation)
 
     def _runOutputs(self, run) -> dict:

@@ -132,15 +132,18 @@ def training_batch(cases: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Ge
 
 
 def train(model: torch.nn.Module, train_set: list[LabelledImage], device: torch.device, train_seconds: float,
-          epochs: int, seed: int) -> dict:
+          epochs: int, seed: int, extra_loss=None, extra_modules: tuple[torch.nn.Module, ...] = ()) -> dict:
+    """Train ``model`` by the recipe; ``extra_loss(x, y, logits, progress)``, if given, is added to
+    the loss, and the parameters of ``extra_modules`` are trained with the network's."""
     from monai.losses import DiceCELoss
 
     rng = seed_everything(seed)
     cases = [(normalize_intensity(c.image), c.labels) for c in train_set]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam([p for m in (model, *extra_modules) for p in m.parameters()], lr=LR)
     steps_per_epoch = -(-len(cases) // BATCH)
-    model.train()
+    for m in (model, *extra_modules):
+        m.train()
     start, step, epoch, history, done = time.perf_counter(), 0, 0, [], False
     while not done and epoch < epochs:
         order, losses = rng.permutation(len(cases)), []
@@ -153,7 +156,11 @@ def train(model: torch.nn.Module, train_set: list[LabelledImage], device: torch.
                 group["lr"] = LR * 0.5 * (1.0 + np.cos(np.pi * progress))
             x, y = training_batch([cases[i] for i in order[first:first + BATCH]], rng)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x.to(device)), y.to(device))
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(x, y, logits, progress)
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -170,25 +177,31 @@ def train(model: torch.nn.Module, train_set: list[LabelledImage], device: torch.
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Label map on the exact grid of ``image`` (voxels outside the canvas, if any, are background)."""
+def predict(model: torch.nn.Module, image: np.ndarray, device: torch.device, refine=None) -> np.ndarray:
+    """Label map on the exact grid of ``image`` (voxels outside the canvas, if any, are background).
+
+    ``refine(canvas, logits, dst)``, if given, returns logits improved inside the volume's region ``dst``.
+    """
     src, dst = placement(image.shape, None)
     canvas = np.zeros((1, 1, *CANVAS), np.float32)
     canvas[(0, 0, *dst)] = normalize_intensity(image)[src]
-    logits = model(torch.from_numpy(canvas).to(device))
+    x = torch.from_numpy(canvas).to(device)
+    logits = model(x)
+    if refine is not None:
+        logits = refine(x, logits, dst)
     out = np.zeros(image.shape, np.int64)
     out[src] = logits.argmax(1)[0].cpu().numpy()[dst]
     return out
 
 
-def evaluate(model: torch.nn.Module, val_set: list[LabelledImage], device: torch.device) -> dict:
-    model.eval()
+def evaluate(segment, val_set: list[LabelledImage], device: torch.device) -> dict:
+    """Per-class scores of ``segment(image) -> label map`` on ``val_set``, and its time per volume."""
     rows, seconds = [], []
     for case in val_set:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        pred = predict(model, case.image, device)
+        pred = segment(case.image)
         seconds.append(time.perf_counter() - t)
         row = {"name": case.name, "seconds": round(seconds[-1], 4)}
         for value, cls in CLASSES.items():
@@ -278,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"state_dict": model.state_dict(), "training": training}, weights)
         log(f"wrote {weights}")
 
-    scores = evaluate(model, labelled_images(args.data, val_names), device)
+    model.eval()
+    scores = evaluate(lambda image: predict(model, image, device), labelled_images(args.data, val_names), device)
     result = {
         "method": "MONAI 3D U-Net (supervised baseline)",
         "dataset": "MSD Task04 Hippocampus", "data": args.data,

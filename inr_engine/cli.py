@@ -161,10 +161,10 @@ def run_segment(args) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{st.loss:.4f}")
 
-        result = segment_image(volume.array, volume.affine, segmenter, steps, on_step)
+        result = segment_image(volume.array, volume.affine, segmenter, steps, on_step, args.refine)
     for message in result.report["warnings"]:
         print(f"inr-engine segment: warning: {message}", file=sys.stderr)
-    report = {"input": str(args.input), "output": str(args.output), "method": args.method,
+    report = {"input": str(args.input), "output": str(args.output), "method": args.method, "refine": args.refine,
               "prior": {"name": segmenter.prior.name, "path": str(segmenter.prior.path)},
               **result.report, "load_seconds": t_loaded - t_start}
     if args.method == "nisf":
@@ -205,7 +205,7 @@ def run_demo(args) -> dict:
     image = next(s for s in samples if s.get("demo") and s["kind"] == "image")
     ns = argparse.Namespace(input=str(SAMPLES_DIR / image["file"]), output=str(out / "segmented.nii.gz"),
                             method="metaseg", prior=image["prior"], steps=None, procedure="fast", fit_weights=False,
-                            device=args.device, report=str(out / "segmentation_report.json"), seed=0,
+                            refine=False, device=args.device, report=str(out / "segmentation_report.json"), seed=0,
                             quiet=args.quiet, reference=str(SAMPLES_DIR / image["labels"]))
     seg_report = run_segment(ns)
     names = seg_report["classes"] or []
@@ -299,6 +299,73 @@ def run_train_segmentation(args) -> dict:
                             class_names=classes, **common)
 
 
+def run_train_strainer(args) -> dict:
+    """``train strainer``: a prior from a handful of cases; a shape prior from label maps, or a
+    MetaSeg prior from images with label maps (``images/`` and ``labels/``)."""
+    import torch
+
+    from .datasets import label_directory_shapes, labelled_image_names, labelled_images
+    from .methods import strainer
+    from .runtime import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cases < strainer.MIN_SIGNALS:
+        raise UsageError(f"--cases: STRAINER needs at least {strainer.MIN_SIGNALS} cases")
+    settings = strainer.StrainerSettings(steps=args.steps, time_limit_s=args.time_limit, seed=args.seed)
+    device = resolve_device(args.device)
+    kind = args.kind
+    if kind == "auto":
+        kind = "segmentation" if any((Path(args.data) / d).is_dir() for d in ("images", "imagesTr")) else "shape"
+    training = {"data": str(args.data), "command": " ".join(sys.argv)}
+    if kind == "shape":
+        shapes = label_directory_shapes(args.data)[: args.cases]
+        if len(shapes) < strainer.MIN_SIGNALS:
+            raise UsageError(f"{args.data}: {len(shapes)} shape(s) found; STRAINER needs at least "
+                             f"{strainer.MIN_SIGNALS}")
+        cfg = strainer.shape_config(**({"default_steps": args.fit_steps} if args.fit_steps else {}))
+        meta = strainer.build_shape_prior(shapes, args.out, cfg,
+                                          settings, device, training=training,
+                                          description=args.description or f"STRAINER shape prior ({len(shapes)} "
+                                                                            "shapes)")
+    else:
+        images = labelled_images(args.data, labelled_image_names(args.data)[: args.cases])
+        classes = args.classes
+        if classes is not None and len(classes) < 2:
+            raise UsageError("--classes: name the background and at least one class")
+        cfg = strainer.segmentation_config(**({"default_steps": args.fit_steps} if args.fit_steps else {}),
+                                           **({"num_classes": len(classes)} if classes else {}))
+        if classes is None:
+            cfg.num_classes = max(int(im.labels.max()) for im in images) + 1
+        meta = strainer.build_segmentation_prior(images, args.out, cfg, settings, classes, device, training=training,
+                                                 description=args.description or f"STRAINER MetaSeg prior "
+                                                                                 f"({len(images)} subjects)")
+    print(f"wrote {args.out}: {meta['task']} prior from {len(meta['strainer']['cases'])} cases, "
+          f"encoder {meta['strainer']['steps_done']} steps in {meta['strainer']['encoder_seconds']} s")
+    return meta
+
+
+def run_train_refine(args) -> dict:
+    """``train refine``: add a MORSE-style boundary refiner to a MetaSeg prior."""
+    import torch
+
+    from .datasets import labelled_image_names, labelled_images, seeded_split
+    from .methods import inr_refine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cases < 1:
+        raise UsageError("--cases must be at least 1")
+    names = labelled_image_names(args.data)
+    if args.holdout:
+        names, _ = seeded_split(names, args.holdout, args.split_seed)
+    images = labelled_images(args.data, names[: args.cases])
+    info = inr_refine.refine_prior(args.prior, images, args.out, iterations=args.iterations, seed=args.seed)
+    print(f"wrote {args.out}: boundary refiner trained on {info['subjects']} subjects ({info['points']} points) "
+          f"in {info['seconds']} s")
+    return info
+
+
 def _config_overrides(pairs: list[str] | None, config_cls) -> dict:
     overrides = dict(kv.split("=", 1) for kv in pairs or [])
     fields = config_cls.__dataclass_fields__
@@ -381,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fit-weights", action="store_true",
                    help="nisf: fit every weight, not only what the procedure adapts (the paper procedure fits "
                         "the latent; the bundled prior's fast procedure already adapts every weight)")
+    s.add_argument("--refine", action="store_true",
+                   help="refine boundaries: re-label the most uncertain voxels with the prior's MORSE-style "
+                        "refiner (MetaSeg priors that have one, e.g. hippocampus-metaseg)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     s.add_argument("--report", help="JSON report: per-step loss, time of each phase, warnings")
     s.add_argument("--reference", help="ground-truth label map: adds Dice per class to the report")
@@ -445,6 +515,37 @@ def build_parser() -> argparse.ArgumentParser:
             tm.add_argument("--latent-steps", type=int, default=300, help="meta-learning steps of the fast latent "
                                                                         "initialisation")
         tm.set_defaults(func=run_train_segmentation)
+
+    tst = tsub.add_parser("strainer", help="build a STRAINER prior from a few cases (about a minute on a CPU)")
+    tst.add_argument("--data", required=True, help="a folder of NIfTI/NRRD label maps (a shape-completion prior; "
+                                                   "every label of every file is a case), or a folder with images/ "
+                                                   "and labels/ (a MetaSeg segmentation prior)")
+    tst.add_argument("--out", required=True, help="prior file to write (.safetensors)")
+    tst.add_argument("--kind", choices=["auto", "shape", "segmentation"], default="auto",
+                     help="auto: segmentation if the folder has images/, else shape")
+    tst.add_argument("--cases", type=int, default=10, help="use at most this many cases (the first, by file name)")
+    tst.add_argument("--steps", type=int, default=1000, help="joint fitting steps of the shared encoder")
+    tst.add_argument("--time-limit", type=float, default=75.0, help="stop the encoder's fit after this many seconds")
+    tst.add_argument("--fit-steps", type=int, help="the prior's default test-time fitting steps (default: 20 for "
+                                                   "shapes; 10 for segmentation, whose labels fade in longer fits)")
+    tst.add_argument("--classes", nargs="*", help="segmentation: class names, background first")
+    tst.add_argument("--seed", type=int, default=0)
+    tst.add_argument("--device", default="auto")
+    tst.add_argument("--threads", type=int, help="torch CPU threads")
+    tst.add_argument("--description")
+    tst.set_defaults(func=run_train_strainer)
+
+    tr = tsub.add_parser("refine", help="add a MORSE-style boundary refiner to a MetaSeg prior")
+    tr.add_argument("--prior", default=DEFAULT_PRIORS["metaseg"], help="MetaSeg prior (bundled name or file)")
+    tr.add_argument("--data", required=True, help="folder with images/ and labels/ (or imagesTr/, labelsTr/)")
+    tr.add_argument("--out", required=True, help="prior file to write: the prior with its refiner")
+    tr.add_argument("--cases", type=int, default=48, help="use at most this many subjects (the first, by file name)")
+    tr.add_argument("--iterations", type=int, default=800, help="training iterations of the refiner")
+    tr.add_argument("--holdout", type=int, default=0, help="subjects left out (as in 'train metaseg --holdout')")
+    tr.add_argument("--split-seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.set_defaults(func=run_train_refine)
 
     pr = sub.add_parser("priors", help="list, show, verify or annotate priors; write a folder's SHA256 manifest")
     pr.add_argument("action", choices=["list", "show", "verify", "set", "manifest"])

@@ -166,6 +166,18 @@ def prior_config(prior: Prior, task: str, config_cls: type, method: str):
     return config_cls(**{k: v for k, v in prior.metadata.get("config", {}).items() if k in known})
 
 
+Tensors = dict[str, "torch.Tensor"]
+
+
+def initialisation_tensors(init: Tensors, step_sizes: Tensors) -> Tensors:
+    """The tensors of a prior that is an initialisation: ``init.<name>`` for every parameter and
+    ``step_size.<name>`` (the inner-loop step sizes, broadcast to the parameter's shape) for
+    each parameter the test-time fit changes."""
+    out = {f"init.{k}": v.detach() for k, v in init.items()}
+    out.update({f"step_size.{k}": s.detach().expand_as(init[k]).clone() for k, s in step_sizes.items()})
+    return out
+
+
 # Metadata the engine rebuilds a network from: fixed for the life of a prior file.
 STRUCTURAL_METADATA = ("format", "format_version", "task", "frame", "config", "architecture")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .fit import FitStep
-from .methods import metaseg, nisf
+from .methods import inr_refine, metaseg, nisf
 from .methods.segmentation import Segmenter, SegVolume
 from .priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, PriorError, load_prior
 
@@ -41,20 +41,23 @@ def load_segmenter(method: str, prior: str | None = None, device: torch.device |
 
 
 def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, steps: int | None = None,
-                  on_step: StepCallback | None = None) -> Segmentation:
-    """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels."""
+                  on_step: StepCallback | None = None, refine: bool = False) -> Segmentation:
+    """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels;
+    ``refine`` re-renders the most uncertain voxels with the prior's boundary refiner."""
+    refiner = inr_refine.load_refiner(segmenter) if refine else None
     t0 = time.perf_counter()
     volume = segmenter.prepare(image, affine)
     prepare_s = time.perf_counter() - t0
-    result = segment_volume(volume, segmenter, steps, on_step)
+    result = segment_volume(volume, segmenter, steps, on_step, refiner)
     phases = result.report["phases"]
     result.report["phases"] = {"prepare": prepare_s, **phases, "total": phases["total"] + prepare_s}
     return result
 
 
 def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = None,
-                   on_step: StepCallback | None = None) -> Segmentation:
-    """:func:`segment_image` on a volume already checked and prepared by ``segmenter.prepare``."""
+                   on_step: StepCallback | None = None, refiner=None) -> Segmentation:
+    """:func:`segment_image` on a volume already checked and prepared by ``segmenter.prepare``;
+    ``refiner`` (from :func:`inr_refine.load_refiner`) refines the boundaries."""
     steps = segmenter.default_steps if steps is None else steps
     history, params = [], None
     t0 = time.perf_counter()
@@ -67,6 +70,10 @@ def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = 
     t0 = time.perf_counter()
     labels = segmenter.labels(volume, params)
     phases["decode"] = time.perf_counter() - t0
+    if refiner is not None:
+        t0 = time.perf_counter()
+        labels = inr_refine.refined_labels(segmenter, refiner, volume, params)
+        phases["refine"] = time.perf_counter() - t0
     phases["total"] = sum(phases.values())
     counts = np.bincount(labels.ravel(), minlength=segmenter.cfg.num_classes)
     report = {"steps": steps, "fit_steps": history, "phases": phases, "warnings": volume.warnings,

@@ -3,7 +3,7 @@
 # 30 and 40 minutes) and the two hippocampus segmentation priors (one core each, 60 and 20
 # minutes beside other jobs). Time limits stop training, so the step reached depends on the
 # machine. The commands also run on a GPU with --device cuda, or on several with torchrun.
-# Pick some with ONLY="metaseg nisf" (default: all).
+# Pick some with ONLY="metaseg nisf" (default: all; ONLY=refine adds the refiner to the existing MetaSeg prior).
 # Data: ../shared/data (see its README). Logs go to runs/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +36,10 @@ SEG=(--data "$DATA/msd_hippocampus" --holdout 40 --val 12 --classes background a
 [[ " $ONLY " == *" metaseg "* ]] && inr-engine train metaseg "${SEG[@]}" --steps 2400 --batch 4 --lr 3e-4 \
     --threads 1 --time-limit 3600 --out "$OUT/hippocampus-metaseg.safetensors" --log runs/metaseg.jsonl \
     --description "MetaSeg hippocampus prior (MSD Task04, anterior/posterior)"
+# MetaSeg's MORSE-style boundary refiner ('segment --refine'), trained on 48 training-side subjects.
+[[ " $ONLY " == *" metaseg "* || " $ONLY " == *" refine "* ]] && inr-engine train refine \
+    --prior "$OUT/hippocampus-metaseg.safetensors" --data "$DATA/msd_hippocampus" --holdout 40 --cases 48 \
+    --threads 2 --out "$OUT/hippocampus-metaseg.safetensors"
 [[ " $ONLY " == *" nisf "* ]] && inr-engine train nisf "${SEG[@]}" --steps 1500 --latent-steps 300 --batch 8 \
     --lr 5e-4 --threads 1 --time-limit 900 --config latent_lr=0.01 inner_steps=3 \
     --out "$OUT/hippocampus-nisf.safetensors" --log runs/nisf.jsonl \

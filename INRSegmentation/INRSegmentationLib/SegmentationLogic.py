@@ -26,6 +26,7 @@ class SegmentationRequest:
     steps: int = 0  # fitting steps; 0 = the prior's default
     device: str = "auto"  # "auto", "cpu" or "cuda"
     procedure: str = "fast"  # NISF only: "fast" (meta-learned) or "paper" (latent only)
+    refine: bool = False  # MetaSeg only: re-label the most uncertain voxels with the prior's boundary refiner
     output: object = None  # vtkMRMLSegmentationNode to (re)write; None = a new node
 
 
@@ -48,6 +49,7 @@ class SegmentationLogic:
         anything in the scene changes. Until the run finishes, the output node shows a live
         preview; cancel or failure puts the output back as it was.
         """
+        from inr_engine.methods.inr_refine import load_refiner
         from inr_engine.runtime import resolve_device
         from inr_engine.segment import load_segmenter, preview_labels, segment_volume
 
@@ -59,6 +61,7 @@ class SegmentationLogic:
         check_output_grid(request.output, affine, image.shape)
         segmenter = load_segmenter(request.method, request.prior or None, resolve_device(request.device),
                                    request.procedure)
+        refiner = load_refiner(segmenter) if request.refine else None
         prepared = segmenter.prepare(image, affine)  # validates the image; cheap next to fitting
         steps = request.steps or segmenter.default_steps
         output = LiveSegmentation(self.scene, affine, image.shape, segment_specs(segmenter), request.output,
@@ -71,7 +74,7 @@ class SegmentationLogic:
                 run.report(Progress(st.step, steps, st.loss, st.seconds),
                            None if last else lambda: preview_labels(segmenter, volume, st.params))
 
-            return segment_volume(prepared, segmenter, steps, on_step)
+            return segment_volume(prepared, segmenter, steps, on_step, refiner)
 
         def finished(result):
             output.write(result.labels)

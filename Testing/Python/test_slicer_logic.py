@@ -165,7 +165,7 @@ def test_cancel_of_a_first_run_removes_its_new_output(scene):
 
 
 @pytest.mark.parametrize("case", ["none", "model", "slice", "nan", "labels", "cuda-missing", "foreign-prior",
-                                  "other-grid", "negative-steps"])
+                                  "other-grid", "negative-steps", "refine-nisf"])
 def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, case):
     volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
     request = SegmentationRequest(volume, steps=1)
@@ -188,6 +188,8 @@ def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, cas
         request.prior, error = "adrenal", PriorError
     elif case == "negative-steps":
         request.steps, error = -3, ValueError
+    elif case == "refine-nisf":
+        request.method, request.refine, error = "nisf", True, PriorError
     else:
         other = _volume_node(scene, np.random.rand(20, 20, 20), np.diag([2.0, 2.0, 2.0, 1.0]))
         request.output = SegmentationLogic(scene).segment(SegmentationRequest(other, steps=1))
@@ -381,3 +383,11 @@ def test_an_error_while_updating_the_scene_fails_the_run_and_stops_the_fit():
     run = worker.start(job, on_preview=bad_preview)
     assert run.wait(10) is RunState.FAILED and "segment is locked" in run.error
     assert worker.start(lambda run: "next").wait(10) is RunState.FINISHED  # the worker was freed
+
+
+def test_refined_segmentation_keeps_the_quality_floor(scene):
+    volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
+    node = SegmentationLogic(scene).segment(SegmentationRequest(volume, steps=8, refine=True), timeout=120)
+    truth = read_volume(SAMPLES_DIR / f"{HIPPOCAMPUS}_labels.nii.gz").array
+    for label, sid in enumerate(segments(node), start=1):
+        assert dice(segment_mask(node, sid)[0], truth == label) > 0.75

@@ -27,7 +27,7 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import SEGMENTATION_TASKS, Prior, PriorError, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, initialisation_tensors, prior_config
 from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["metaseg"]
@@ -52,6 +52,10 @@ class MetaSegConfig:
     intensity_weight: float = 1.0
     adam_lr: float = 1e-4  # test-time steps beyond the meta-learned ones
     default_steps: int = 3
+    # "prior": the intensity decoder (the SIREN's output layer) starts as stored; "least_squares":
+    # it is solved for the image (ridge regression on the SIREN's features) before the first step,
+    # for priors whose decoder is fresh (STRAINER)
+    decoder_init: str = "prior"
 
 
 class MetaSegINR(nn.Module):
@@ -146,8 +150,25 @@ class MetaSegSegmenter:
             return (out[..., 0] - intensity[pick]).pow(2).mean()
 
         siren_init = {k: v for k, v in self.init.items() if k in self.step_sizes}
+        if self.cfg.decoder_init == "least_squares":
+            siren_init.update(self._least_squares_decoder(siren_init, coords, intensity, generator))
         for st in fit(siren_init, loss, steps, self.step_sizes, self.cfg.inner_steps, self.cfg.adam_lr):
             yield FitStep(st.step, st.loss, {**head, **st.params}, st.seconds)
+
+    def _least_squares_decoder(self, siren: dict[str, torch.Tensor], coords: torch.Tensor, intensity: torch.Tensor,
+                               generator: torch.Generator, ridge: float = 1e-3) -> dict[str, torch.Tensor]:
+        """The output layer that best maps the SIREN's features to the image (ridge regression on
+        up to ``fit_points`` voxels): the transferred features are useful from the first step."""
+        if len(coords) > self.cfg.fit_points:
+            pick = torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device)
+            coords, intensity = coords[pick], intensity[pick]
+        with torch.no_grad():
+            features = functional_call(self.model.siren.body, _strip(siren, "siren.body."), (coords,))
+            design = torch.cat([features, torch.ones_like(features[:, :1])], 1).double()
+            gram = design.T @ design + ridge * len(design) * torch.eye(design.shape[1], dtype=design.dtype,
+                                                                           device=design.device)
+            solution = torch.linalg.solve(gram, design.T @ intensity.double()[:, None])[:, 0].float()
+        return {"siren.out.weight": solution[None, :-1], "siren.out.bias": solution[-1:]}
 
     def labels(self, volume: SegVolume, params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         """The label map on the volume's grid (uint8 class indices)."""
@@ -178,10 +199,7 @@ def _split(tensors: dict[str, torch.Tensor], model: MetaSegINR):
 
 def prior_tensors(learner: MetaLearner) -> dict[str, torch.Tensor]:
     """The initialisation of every parameter and the inner step sizes of the adapted ones."""
-    params = dict(learner.model.named_parameters())
-    out = {f"init.{k}": p.detach() for k, p in params.items()}
-    out.update({f"step_size.{k}": s.detach().expand_as(params[k]).clone() for k, s in learner.step_sizes().items()})
-    return out
+    return initialisation_tensors(dict(learner.model.named_parameters()), learner.step_sizes())
 
 
 def prior_metadata(cfg: MetaSegConfig, reference: IntensityReference, class_names=CLASS_NAMES, **extra) -> dict:

@@ -32,7 +32,7 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import MetaLearner
 from ..networks import Siren
-from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, prior_config
+from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, initialisation_tensors, prior_config
 from ..runtime import thread_map
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
@@ -348,12 +348,7 @@ def _split(tensors: dict[str, torch.Tensor], model: nn.Module):
 
 def prior_tensors(learner: MetaLearner) -> dict[str, torch.Tensor]:
     """The tensors of a shape prior: the initialisation and the inner step sizes."""
-    sizes = learner.step_sizes()
-    out = {}
-    for k, p in learner.model.named_parameters():
-        out[f"init.{k}"] = p.detach()
-        out[f"step_size.{k}"] = sizes[k].detach().expand_as(p).clone()
-    return out
+    return initialisation_tensors(dict(learner.model.named_parameters()), learner.step_sizes())
 
 
 def prior_metadata(cfg: ShapeConfig, **extra) -> dict:

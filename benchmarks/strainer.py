@@ -1,0 +1,245 @@
+"""STRAINER priors from 10 cases against a random SIREN and the meta-learned priors, by fitting steps.
+
+Intensity (MSD Task04 Hippocampus): a STRAINER MetaSeg prior is built from the first ``--cases``
+subjects of the training side of the shared split; on the first ``--held-out`` held-out subjects,
+PSNR of the fitted intensity (all voxels, normalised [0, 1] image) and mean foreground Dice of
+the labels after 1, 10, 100 and 1000 steps, for:
+
+* random SIREN: MetaSeg's SIREN freshly initialised, fitted by the same Adam (1e-4, 4096 voxels
+  per step), plain and with its decoder solved by least squares first (as STRAINER's is);
+* STRAINER: the shared encoder, its fresh decoder solved by least squares, then Adam;
+* meta-learned: the bundled ``hippocampus-metaseg`` prior (trained on 144 subjects), by its own fit.
+
+Shapes: STRAINER shape-completion priors from ``--cases`` training shapes of AdrenalMNIST3D and
+of the head-and-neck organs (parotids, mandible, brainstem, spinal cord), each used in its own
+domain and in the other (transfer), beside a randomly initialised occupancy INR (same
+architecture and fit) and the bundled meta-learned priors; Dice on held-out shapes with every
+8th slice kept (adrenal: along each axis in turn; head and neck: axial).
+
+Example::
+
+    PYTHONPATH=. python benchmarks/strainer.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from inr_engine.cli import HN_VALIDATION_ORGANS  # noqa: E402
+from inr_engine.datasets import (  # noqa: E402
+    adrenal_shapes,
+    hn_shapes,
+    hn_split,
+    labelled_image_names,
+    labelled_images,
+    seeded_split,
+)
+from inr_engine.methods import metaseg, strainer  # noqa: E402
+from inr_engine.methods.seg_training import foreground_dice  # noqa: E402
+from inr_engine.methods.shape_completion import OccupancyINR, ShapeCompleter  # noqa: E402
+from inr_engine.methods.shape_training import axial_axis, protocol_dice  # noqa: E402
+from inr_engine.methods.slices import SliceError  # noqa: E402
+from inr_engine.priors import load_prior  # noqa: E402
+
+HIPPOCAMPUS = "../shared/data/msd_hippocampus"
+ADRENAL_NPZ = "../shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
+HN_ROOT = "../shared/data/deepmind_hn_oar"
+STEPS = (1, 10, 100, 1000)
+EVERY = 8
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- intensity
+def random_segmenter(cfg: metaseg.MetaSegConfig, seed: int) -> metaseg.MetaSegSegmenter:
+    torch.manual_seed(seed)
+    init = {k: v.detach() for k, v in metaseg.MetaSegINR(cfg).named_parameters()}
+    return metaseg.MetaSegSegmenter(cfg, init, strainer.zero_step_sizes(
+        {k: v for k, v in init.items() if k.startswith("siren.")}))
+
+
+def psnr(segmenter: metaseg.MetaSegSegmenter, volume, params) -> float:
+    siren = {k[len("siren."):]: v for k, v in params.items() if k.startswith("siren.")}
+    with torch.no_grad():
+        pred = functional_call(segmenter.model.siren, siren, (volume.coords,))[..., 0].clamp(0, 1)
+    return 10 * float(np.log10(1.0 / float((pred - volume.intensity).pow(2).mean())))
+
+
+def intensity_curves(segmenter, images, steps, with_dice: bool) -> dict:
+    rows = []
+    for im in images:
+        volume = segmenter.prepare(im.image, im.affine)
+        row = {"name": im.name}
+        for st in segmenter.fit(volume, max(steps)):
+            if st.step in steps:
+                row[f"psnr_{st.step}"] = psnr(segmenter, volume, st.params)
+                if with_dice:
+                    labels = segmenter.labels(volume, st.params)
+                    row[f"dice_{st.step}"] = float(np.mean(foreground_dice(labels, im.labels, 3)))
+        rows.append(row)
+    return {"per_case": rows, **{k: float(np.median([r[k] for r in rows])) for k in rows[0] if k != "name"}}
+
+
+def intensity_part(args) -> dict:
+    train_names, val_names = seeded_split(labelled_image_names(args.hippocampus), 40, 0)
+    cases = labelled_images(args.hippocampus, train_names[: args.cases])
+    held_out = labelled_images(args.hippocampus, val_names[: args.held_out])
+    prior_path = Path(args.work) / "strainer-hippocampus.safetensors"
+    start = time.perf_counter()
+    meta = strainer.build_segmentation_prior(cases, prior_path, class_names=list(metaseg.CLASS_NAMES),
+                                             settings=strainer.StrainerSettings(seed=args.seed))
+    build_seconds = time.perf_counter() - start
+    log(f"STRAINER MetaSeg prior from {len(cases)} subjects in {build_seconds:.0f} s")
+    st = metaseg.MetaSegSegmenter.from_prior(load_prior(prior_path))
+    plain_cfg = strainer.segmentation_config(decoder_init="prior")
+    methods = {
+        "random SIREN": (random_segmenter(plain_cfg, args.seed), False),
+        "random SIREN, least-squares decoder": (random_segmenter(st.cfg, args.seed), False),
+        f"STRAINER ({len(cases)} cases)": (st, True),
+        "meta-learned (hippocampus-metaseg, 144 cases)": (
+            metaseg.MetaSegSegmenter.from_prior(load_prior("hippocampus-metaseg")), True),
+    }
+    results = {}
+    for name, (segmenter, with_dice) in methods.items():
+        results[name] = intensity_curves(segmenter, held_out, args.steps, with_dice)
+        log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if k != "per_case"))
+    return {"build_seconds": build_seconds, "strainer": meta["strainer"], "cases": [c.name for c in cases],
+            "held_out": [h.name for h in held_out], "methods": results}
+
+
+# --------------------------------------------------------------------------- shapes
+def shape_sets(args) -> dict[str, tuple[list, list]]:
+    """Domain -> (STRAINER training shapes, held-out shapes)."""
+    adrenal_train = adrenal_shapes(args.adrenal_npz, "train")[: args.cases]
+    adrenal_val = adrenal_shapes(args.adrenal_npz, "val")[: args.held_out_shapes]
+    train_scans, val_scans = hn_split(args.hn_root)
+    hn_train, hn_val = [], []
+    for scan in train_scans:
+        hn_train += hn_shapes(args.hn_root, [scan], ("oncologist",), HN_VALIDATION_ORGANS, cache_dir=args.cache_dir)
+        if len(hn_train) >= args.cases:
+            break
+    for scan in val_scans:
+        hn_val += hn_shapes(args.hn_root, [scan], ("oncologist",), HN_VALIDATION_ORGANS, cache_dir=args.cache_dir)
+    return {"adrenal": (adrenal_train, adrenal_val), "hn": (hn_train[: args.cases], hn_val[: args.held_out_shapes])}
+
+
+def shape_dice(completer: ShapeCompleter, shapes, domain: str, steps) -> dict:
+    per_step: dict[int, list[float]] = {s: [] for s in steps}
+    for shape in shapes:
+        axes = [axial_axis(shape.affine)] if domain == "hn" else [0, 1, 2]
+        for axis in axes:
+            try:
+                scores = protocol_dice(completer, shape, axis, EVERY, steps)
+            except SliceError:
+                continue
+            for s, d in scores.items():
+                per_step[s].append(d)
+    return {f"dice_{s}": float(np.median(v)) for s, v in per_step.items()} | {"cases": len(per_step[steps[0]])}
+
+
+def shape_part(args) -> dict:
+    sets = shape_sets(args)
+    completers, builds = {}, {}
+    cfg = strainer.shape_config()
+    torch.manual_seed(args.seed)
+    completers["random occupancy INR"] = ShapeCompleter(
+        cfg, *(lambda init: (init, strainer.zero_step_sizes(init)))(
+            {k: v.detach() for k, v in OccupancyINR(cfg).named_parameters()}))
+    for domain, (train, _) in sets.items():
+        path = Path(args.work) / f"strainer-{domain}.safetensors"
+        start = time.perf_counter()
+        strainer.build_shape_prior(train, path, settings=strainer.StrainerSettings(seed=args.seed))
+        builds[domain] = time.perf_counter() - start
+        log(f"STRAINER shape prior from {len(train)} {domain} shapes in {builds[domain]:.0f} s")
+        completers[f"STRAINER ({domain}, {len(train)} shapes)"] = ShapeCompleter.from_prior(load_prior(path))
+    completers["meta-learned (adrenal)"] = ShapeCompleter.from_prior(load_prior("adrenal"))
+    completers["meta-learned (head-neck-organs)"] = ShapeCompleter.from_prior(load_prior("head-neck-organs"))
+    results: dict[str, dict] = {}
+    for domain, (_, held_out) in sets.items():
+        for name, completer in completers.items():
+            results.setdefault(domain, {})[name] = shape_dice(completer, held_out, domain, args.steps)
+            log(f"{domain} / {name}: {results[domain][name]}")
+    return {"build_seconds": builds, "methods": results}
+
+
+# --------------------------------------------------------------------------- report
+def markdown(result: dict, steps) -> str:
+    lines = []
+    if "intensity" in result:
+        part = result["intensity"]
+        lines += [f"Intensity fitting, {len(part['held_out'])} held-out hippocampus subjects (median); "
+                  f"STRAINER prior built from {len(part['cases'])} subjects in {part['build_seconds']:.0f} s.", "",
+                  "| initialisation | " + " | ".join(f"PSNR {s}" for s in steps) + " | "
+                  + " | ".join(f"Dice {s}" for s in steps) + " |",
+                  "|---|" + "---|" * (2 * len(steps))]
+        for name, r in part["methods"].items():
+            dice = [f"{r[f'dice_{s}']:.3f}" if f"dice_{s}" in r else "-" for s in steps]
+            lines.append(f"| {name} | " + " | ".join(f"{r[f'psnr_{s}']:.2f}" for s in steps) + " | "
+                         + " | ".join(dice) + " |")
+        lines.append("")
+    if "shapes" in result:
+        part = result["shapes"]
+        for domain, methods in part["methods"].items():
+            cases = next(iter(methods.values()))["cases"]
+            lines += [f"Shape completion, {domain}, every {EVERY}th slice, {cases} held-out completions (median Dice).",
+                      "", "| initialisation | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                      "|---|" + "---|" * len(steps)]
+            lines += [f"| {name} | " + " | ".join(f"{r[f'dice_{s}']:.3f}" for s in steps) + " |"
+                      for name, r in methods.items()]
+            lines.append("")
+        lines.append("STRAINER shape priors built in " + ", ".join(
+            f"{d} {s:.0f} s" for d, s in part["build_seconds"].items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=["intensity", "shapes", "all"], default="all")
+    p.add_argument("--cases", type=int, default=10, help="training cases of each STRAINER prior")
+    p.add_argument("--held-out", type=int, default=5, help="held-out hippocampus subjects")
+    p.add_argument("--held-out-shapes", type=int, default=10, help="held-out shapes per domain")
+    p.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hippocampus", default=HIPPOCAMPUS)
+    p.add_argument("--adrenal-npz", default=ADRENAL_NPZ)
+    p.add_argument("--hn-root", default=HN_ROOT)
+    p.add_argument("--cache-dir", default="runs/cache")
+    p.add_argument("--work", default="runs/strainer", help="where the STRAINER priors are written")
+    p.add_argument("--out", default="benchmarks/results/strainer")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    result: dict = {"command": " ".join([sys.executable, *sys.argv]), "threads": args.threads,
+                    "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
+                    "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    if args.part in ("intensity", "all"):
+        result["intensity"] = intensity_part(args)
+    if args.part in ("shapes", "all"):
+        result["shapes"] = shape_part(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.part == "all" else f"_{args.part}"
+    (out / f"strainer{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"strainer{suffix}.md").write_text(markdown(result, args.steps))
+    print(markdown(result, args.steps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
