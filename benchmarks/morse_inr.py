@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from report import write_results  # noqa: E402
 
 from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split  # noqa: E402
 from inr_engine.frames import spacing  # noqa: E402
@@ -84,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{(s['mean_dice_anterior'] + s['mean_dice_posterior']) / 2:.4f} |")
     lines.append(f"\nRefinement: {result['refine_seconds_median'] * 1000:.0f} ms per volume (median), "
                  f"{len(held_out)} held-out subjects, {result['steps']} fitting steps.")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "morse_inr.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "morse_inr.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "morse_inr", result, "\n".join(lines))
     return 0
 
 

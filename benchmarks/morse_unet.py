@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -41,6 +40,7 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 import unet_baseline as base  # noqa: E402
+from report import write_results  # noqa: E402
 
 from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split  # noqa: E402
 from inr_engine.methods import morse  # noqa: E402
@@ -176,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": str(device), "scores": rows, "command": " ".join([sys.executable, *sys.argv]),
               "versions": {"python": platform.python_version(), "torch": torch.__version__},
               "date": time.strftime("%Y-%m-%d")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "morse.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "morse.md").write_text(markdown(rows) + "\n")
-    print(markdown(rows))
+    write_results(args.out, "morse", result, markdown(rows))
     return 0
 
 

@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -35,8 +34,11 @@ import torch
 from torch.func import functional_call
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from report import write_results  # noqa: E402
 
 from inr_engine.cli import HN_VALIDATION_ORGANS  # noqa: E402
 from inr_engine.datasets import (  # noqa: E402
@@ -232,12 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         result["intensity"] = intensity_part(args)
     if args.part in ("shapes", "all"):
         result["shapes"] = shape_part(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.part == "all" else f"_{args.part}"
-    (out / f"strainer{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"strainer{suffix}.md").write_text(markdown(result, args.steps))
-    print(markdown(result, args.steps))
+    write_results(args.out, f"strainer{suffix}", result, markdown(result, args.steps))
     return 0
 
 
