@@ -104,7 +104,7 @@ class INRSegmentationParameterNode:
     steps - fitting steps; 0 = the prior's default.
     device - auto, cpu or cuda.
     procedure - NISF only: fast or paper.
-    refineBoundaries - MetaSeg only: re-label the most uncertain voxels with the prior's boundary refiner.
+    refineBoundaries - re-label the most uncertain voxels with the prior's boundary refiner.
     outputSegmentation - the segmentation to write; none = a new one, created on Apply.
     """
 
@@ -159,7 +159,6 @@ class INRSegmentationWidget(ModuleWidget):
         nisf = bool(self._parameterNode) and self._parameterNode.method is Method.NISF
         self.ui.procedureComboBox.enabled = nisf
         self.ui.procedureLabel.enabled = nisf
-        self.ui.refineBoundariesCheckBox.enabled = not nisf
 
     def _updatePriorComboBox(self) -> None:
         parameters = self._parameterNode
@@ -189,7 +188,7 @@ class INRSegmentationWidget(ModuleWidget):
         return SegmentationRequest(
             volume=parameters.inputVolume, method=parameters.method.value, prior=parameters.prior,
             steps=parameters.steps, device=parameters.device.value, procedure=parameters.procedure.value,
-            refine=parameters.refineBoundaries and parameters.method is Method.METASEG,
+            refine=parameters.refineBoundaries,
             output=parameters.outputSegmentation)
 
     def _runOutputs(self, run) -> dict:

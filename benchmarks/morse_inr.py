@@ -1,6 +1,6 @@
-"""MetaSeg with and without MORSE-style boundary refinement on the held-out hippocampus subjects.
+"""MetaSeg or NISF with and without MORSE-style boundary refinement on the held-out hippocampus subjects.
 
-Scores a MetaSeg prior that carries a refiner (default: the bundled ``hippocampus-metaseg``,
+Scores a prior that carries a refiner (default: the bundled ``hippocampus-metaseg``,
 whose refiner ``scripts/train_bundled_priors.sh`` trains with ``inr-engine train refine`` on 48
 training-side subjects) on the 40 subjects held out of every training here: the same fit, then
 labels decoded plainly and with the 2048 most uncertain voxels re-rendered. Per-class Dice,
@@ -9,6 +9,8 @@ HD95 and ASD (mm, MONAI), medians and means over subjects, and the refinement's 
 Example::
 
     PYTHONPATH=. python benchmarks/morse_inr.py --threads 2
+    inr-engine train refine --prior hippocampus-nisf --data DATA --holdout 40 --out runs/nisf-refined.safetensors
+    PYTHONPATH=. python benchmarks/morse_inr.py --method nisf --prior runs/nisf-refined.safetensors
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def summary(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
     p.add_argument("--prior", default="hippocampus-metaseg")
     p.add_argument("--data", default="../shared/data/msd_hippocampus")
     p.add_argument("--threads", type=int, default=2)
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, held_out = seeded_split(labelled_image_names(args.data), 40, 0)
-    segmenter = load_segmenter("metaseg", args.prior)
+    segmenter = load_segmenter(args.method, args.prior)
     refiner = inr_refine.load_refiner(segmenter)
     rows: dict[str, list[dict]] = {"plain": [], "refined": []}
     seconds = []
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
               "steps": segmenter.default_steps, "held_out": held_out, "threads": args.threads,
               "refine_seconds_median": float(np.median(seconds)), "command": " ".join([sys.executable, *sys.argv]),
               "date": time.strftime("%Y-%m-%d"), "summary": {k: summary(v) for k, v in rows.items()}, "rows": rows}
-    lines = ["| MetaSeg labels | Dice ant. / post. (median) | HD95 ant. / post. (mm, median) | "
+    lines = [f"| {args.method} labels | Dice ant. / post. (median) | HD95 ant. / post. (mm, median) | "
              "ASD ant. / post. (mm, median) | mean Dice (mean over subjects) |", "|---|---|---|---|---|"]
     for name, s in result["summary"].items():
         lines.append(f"| {name} | {s['median_dice_anterior']:.3f} / {s['median_dice_posterior']:.3f} | "
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{(s['mean_dice_anterior'] + s['mean_dice_posterior']) / 2:.4f} |")
     lines.append(f"\nRefinement: {result['refine_seconds_median'] * 1000:.0f} ms per volume (median), "
                  f"{len(held_out)} held-out subjects, {result['steps']} fitting steps.")
-    write_results(args.out, "morse_inr", result, "\n".join(lines))
+    write_results(args.out, "morse_inr" if args.method == "metaseg" else f"morse_inr_{args.method}", result,
+                  "\n".join(lines))
     return 0
 
 

@@ -346,7 +346,7 @@ def run_train_strainer(args) -> dict:
 
 
 def run_train_refine(args) -> dict:
-    """``train refine``: add a MORSE-style boundary refiner to a MetaSeg prior."""
+    """``train refine``: add a MORSE-style boundary refiner to a MetaSeg or NISF prior."""
     import torch
 
     from .datasets import labelled_image_names, labelled_images, seeded_split
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the latent; the bundled prior's fast procedure already adapts every weight)")
     s.add_argument("--refine", action="store_true",
                    help="refine boundaries: re-label the most uncertain voxels with the prior's MORSE-style "
-                        "refiner (MetaSeg priors that have one, e.g. hippocampus-metaseg)")
+                        "refiner (priors that have one, e.g. hippocampus-metaseg; NISF: fast procedure)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     s.add_argument("--report", help="JSON report: per-step loss, time of each phase, warnings")
     s.add_argument("--reference", help="ground-truth label map: adds Dice per class to the report")
@@ -535,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     tst.add_argument("--description")
     tst.set_defaults(func=run_train_strainer)
 
-    tr = tsub.add_parser("refine", help="add a MORSE-style boundary refiner to a MetaSeg prior")
-    tr.add_argument("--prior", default=DEFAULT_PRIORS["metaseg"], help="MetaSeg prior (bundled name or file)")
+    tr = tsub.add_parser("refine", help="add a MORSE-style boundary refiner to a MetaSeg or NISF prior")
+    tr.add_argument("--prior", default=DEFAULT_PRIORS["metaseg"],
+                    help="MetaSeg or NISF prior (bundled name or file); NISF: for its fast procedure")
     tr.add_argument("--data", required=True, help="folder with images/ and labels/ (or imagesTr/, labelsTr/)")
     tr.add_argument("--out", required=True, help="prior file to write: the prior with its refiner")
     tr.add_argument("--cases", type=int, default=48, help="use at most this many subjects (the first, by file name)")

@@ -26,7 +26,7 @@ class SegmentationRequest:
     steps: int = 0  # fitting steps; 0 = the prior's default
     device: str = "auto"  # "auto", "cpu" or "cuda"
     procedure: str = "fast"  # NISF only: "fast" (meta-learned) or "paper" (latent only)
-    refine: bool = False  # MetaSeg only: re-label the most uncertain voxels with the prior's boundary refiner
+    refine: bool = False  # re-label the most uncertain voxels with the prior's boundary refiner
     output: object = None  # vtkMRMLSegmentationNode to (re)write; None = a new node
 
 

@@ -135,24 +135,30 @@ def test_bundled_metaseg_refines_a_held_out_subject():
     assert min(foreground_dice(refined.labels, truth, 3)) > 0.8  # 0.86 / 0.85 before refinement
 
 
-def test_train_refine_adds_a_refiner_that_segment_uses(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["metaseg", "nisf"])
+def test_train_refine_adds_a_refiner_that_segment_uses(tmp_path, capsys, method):
     data = tmp_path / "data"
     for sub, suffix in (("images", "image"), ("labels", "labels")):
         (data / sub).mkdir(parents=True)
         shutil.copy(SAMPLES / f"hippocampus_007_{suffix}.nii.gz", data / sub / "h007.nii.gz")
     out = tmp_path / "refined.safetensors"
-    assert main(["train", "refine", "--data", str(data), "--out", str(out), "--iterations", "20"]) == 0
+    assert main(["train", "refine", "--prior", f"hippocampus-{method}", "--data", str(data), "--out", str(out),
+                 "--iterations", "20"]) == 0
     prior = load_prior(out)
     assert prior.metadata["refinement"]["subjects"] == 1
     assert any(k.startswith(inr_refine.PREFIX) for k in prior.tensors)
     labels = tmp_path / "labels.nii.gz"
-    code = main(["segment", str(SAMPLES / "hippocampus_004_image.nii.gz"), "--output", str(labels), "--prior",
-                 str(out), "--refine", "--steps", "2", "--quiet"])
-    assert code == 0 and labels.is_file()
+    segment = ["segment", str(SAMPLES / "hippocampus_004_image.nii.gz"), "--output", str(labels), "--method", method,
+               "--prior", str(out), "--refine", "--steps", "2", "--quiet"]
+    assert main(segment) == 0 and labels.is_file()
+    if method == "nisf":  # trained on the fast procedure's features: refused for the paper procedure
+        labels.unlink()
+        assert main([*segment, "--procedure", "paper"]) == 2
+        assert "fast procedure" in capsys.readouterr().err and not labels.exists()
 
 
 def test_refine_needs_a_prior_with_a_refiner(tmp_path, capsys):
     labels = tmp_path / "labels.nii.gz"
     code = main(["segment", str(SAMPLES / "hippocampus_004_image.nii.gz"), "--output", str(labels), "--method",
                  "nisf", "--refine", "--quiet"])
-    assert code == 2 and "MetaSeg" in capsys.readouterr().err and not labels.exists()
+    assert code == 2 and "train refine" in capsys.readouterr().err and not labels.exists()

@@ -165,7 +165,7 @@ def test_cancel_of_a_first_run_removes_its_new_output(scene):
 
 
 @pytest.mark.parametrize("case", ["none", "model", "slice", "nan", "labels", "cuda-missing", "foreign-prior",
-                                  "other-grid", "negative-steps", "refine-nisf"])
+                                  "other-grid", "negative-steps", "refine-without-refiner"])
 def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, case):
     volume = load(scene, f"{HIPPOCAMPUS}_image.nii.gz")
     request = SegmentationRequest(volume, steps=1)
@@ -188,8 +188,8 @@ def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, cas
         request.prior, error = "adrenal", PriorError
     elif case == "negative-steps":
         request.steps, error = -3, ValueError
-    elif case == "refine-nisf":
-        request.method, request.refine, error = "nisf", True, PriorError
+    elif case == "refine-without-refiner":
+        request.method, request.refine, error = "nisf", True, PriorError  # the bundled NISF prior has none
     else:
         other = _volume_node(scene, np.random.rand(20, 20, 20), np.diag([2.0, 2.0, 2.0, 1.0]))
         request.output = SegmentationLogic(scene).segment(SegmentationRequest(other, steps=1))

@@ -1,14 +1,16 @@
-"""MORSE-style boundary refinement of MetaSeg's labels ("refine boundaries").
+"""MORSE-style boundary refinement of MetaSeg's and NISF's labels ("refine boundaries").
 
 After the fit, the voxels where the class head's top-two margin is smallest are labelled again by
-a :class:`~.morse.BoundaryRenderer` whose experts are the fitted SIREN's sine layers (from the
-first, closest to the coordinates, to the last, which the head reads), with the head's logits
-and the image intensity at the voxel. The renderer is trained on training subjects fitted
+a :class:`~.morse.BoundaryRenderer` whose experts are the fitted network's layers (MetaSeg: the
+SIREN's sine layers; NISF: the Gabor trunk's input layer and residual blocks), from the one
+closest to the coordinates to the one the head reads, with the head's logits and the image
+intensity at the voxel. The renderer is trained on training subjects fitted
 exactly as at test time, on points chosen by MORSE's rule (3x oversampled voxels, 75 % the most
 uncertain); the prior's network is frozen, so there is no loss ramp to schedule.
 
-The renderer's tensors are stored in the MetaSeg prior file under ``refine.`` with a
-``refinement`` metadata entry; priors without them segment as before.
+The renderer's tensors are stored in the prior file under ``refine.`` with a ``refinement``
+metadata entry; priors without them segment as before. A NISF refiner is trained on, and only
+used with, the fast procedure's features.
 """
 
 from __future__ import annotations
@@ -24,42 +26,63 @@ from torch.func import functional_call
 from ..priors import Prior, PriorError, load_prior, save_prior
 from . import morse
 from .metaseg import MetaSegSegmenter
+from .nisf import TASK as NISF_TASK
+from .nisf import NISFSegmenter
 from .segmentation import SegVolume
+
+Segmenter = MetaSegSegmenter | NISFSegmenter
 
 PREFIX = "refine."
 ROUNDS_PER_SUBJECT = 2  # point selections per training subject
 REFINE_POINTS = 2048  # voxels re-rendered per volume (MORSE's 8192 is for 2D slices at 4x upsampling)
 
 
-def refiner_for(segmenter: MetaSegSegmenter) -> morse.BoundaryRenderer:
+def refiner_for(segmenter: Segmenter) -> morse.BoundaryRenderer:
     cfg = segmenter.cfg
     return morse.BoundaryRenderer([cfg.hidden_features] * (cfg.hidden_layers + 1), cfg.num_classes,
                                   extra_features=1).to(segmenter.device)
 
 
-def point_inputs(segmenter: MetaSegSegmenter, params: dict[str, torch.Tensor], coords: torch.Tensor,
-                 intensity: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """(each sine layer's features, the head's logits, the intensity) at ``coords``."""
-    layers, x = [], coords.to(segmenter.device)
-    for n, layer in enumerate(segmenter.model.siren.body):
-        prefix = f"siren.body.{n}."
-        x = functional_call(layer, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}, (x,))
+def _strip(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def _metaseg_layers(model, params, x):
+    layers = []
+    for n, layer in enumerate(model.siren.body):
+        x = functional_call(layer, _strip(params, f"siren.body.{n}."), (x,))
         layers.append(x)
-    head = {k[len("head."):]: v for k, v in params.items() if k.startswith("head.")}
-    return layers, functional_call(segmenter.model.head, head, (x,)), intensity.to(segmenter.device)[:, None]
+    return layers, functional_call(model.head, _strip(params, "head."), (x,))
 
 
-def render(segmenter: MetaSegSegmenter, renderer: morse.BoundaryRenderer, params, volume: SegVolume,
+def _nisf_layers(model, params, coords):
+    latent = params["latent"].expand(len(coords), -1)
+    h = functional_call(model.backbone.inp, _strip(params, "backbone.inp."), (torch.cat([coords, latent], -1),))
+    layers = [h]
+    for n, block in enumerate(model.backbone.blocks):
+        h = h + functional_call(block, _strip(params, f"backbone.blocks.{n}."), (h,))
+        layers.append(h)
+    return layers, functional_call(model.segmentation, _strip(params, "segmentation."), (h,))
+
+
+def point_inputs(segmenter: Segmenter, params: dict[str, torch.Tensor], coords: torch.Tensor,
+                 intensity: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(each layer's features, the class head's logits, the intensity) at ``coords``."""
+    layers_of = _nisf_layers if isinstance(segmenter, NISFSegmenter) else _metaseg_layers
+    layers, logits = layers_of(segmenter.model, params, coords.to(segmenter.device))
+    return layers, logits, intensity.to(segmenter.device)[:, None]
+
+
+def render(segmenter: Segmenter, renderer: morse.BoundaryRenderer, params, volume: SegVolume,
            flat: torch.Tensor) -> torch.Tensor:
     """Refined logits at the voxels of flat (C-order) indices ``flat``."""
     layers, logits, intensity = point_inputs(segmenter, params, volume.coords[flat], volume.intensity[flat])
     return renderer(volume.coords[flat].to(segmenter.device), layers, logits, intensity)
 
 
-def refined_labels(segmenter: MetaSegSegmenter, renderer: morse.BoundaryRenderer, volume: SegVolume,
-                   params=None, count: int = REFINE_POINTS) -> np.ndarray:
-    """The label map with the ``count`` most uncertain voxels re-rendered."""
-    params = segmenter.init if params is None else params
+def refined_labels(segmenter: Segmenter, renderer: morse.BoundaryRenderer, volume: SegVolume, params,
+                   count: int = REFINE_POINTS) -> np.ndarray:
+    """The label map of the fitted ``params`` with the ``count`` most uncertain voxels re-rendered."""
     with torch.no_grad():
         logits = torch.cat([point_inputs(segmenter, params, c, volume.intensity[:0])[1]
                             for c in volume.coords.split(1 << 16)])
@@ -74,7 +97,7 @@ def refined_labels(segmenter: MetaSegSegmenter, renderer: morse.BoundaryRenderer
     return refined.argmax(0).cpu().numpy().astype(np.uint8)
 
 
-def training_points(segmenter: MetaSegSegmenter, params, volume: SegVolume, rng: torch.Generator,
+def training_points(segmenter: Segmenter, params, volume: SegVolume, rng: torch.Generator,
                     count: int = morse.TRAIN_POINTS) -> torch.Tensor:
     """MORSE's choice among the volume's voxels: flat indices of ``count`` points."""
     candidates = torch.randint(len(volume.coords), (morse.OVERSAMPLE * count,), generator=rng)
@@ -85,7 +108,7 @@ def training_points(segmenter: MetaSegSegmenter, params, volume: SegVolume, rng:
     return torch.cat([uncertain, torch.randint(len(volume.coords), (count - n_uncertain,), generator=rng)])
 
 
-def train_refiner(segmenter: MetaSegSegmenter, images, steps: int | None = None, iterations: int = 800,
+def train_refiner(segmenter: Segmenter, images, steps: int | None = None, iterations: int = 800,
                   seed: int = 0, log=None) -> tuple[morse.BoundaryRenderer, dict]:
     """Fit each training image as at test time, gather MORSE points, train the renderer on them."""
     torch.manual_seed(seed)
@@ -135,27 +158,32 @@ def save_refined_prior(prior: Prior, renderer: morse.BoundaryRenderer, out: str 
     return save_prior(out, tensors, meta)
 
 
-def load_refiner(segmenter: MetaSegSegmenter) -> morse.BoundaryRenderer:
+def load_refiner(segmenter: Segmenter) -> morse.BoundaryRenderer:
     """The renderer stored in the segmenter's prior; :class:`PriorError` if it has none."""
-    if not isinstance(segmenter, MetaSegSegmenter):
-        raise PriorError("boundary refinement is available for MetaSeg priors")
     prior = segmenter.prior
+    name = prior.path if prior is not None else "this prior"
     if prior is None or "refinement" not in prior.metadata:
-        name = prior.path if prior is not None else "this prior"
         raise PriorError(f"{name} has no boundary refiner: add one with 'inr-engine train refine'")
+    procedure = getattr(segmenter, "procedure", None)
+    if procedure is not None and procedure != prior.metadata["refinement"].get("procedure", "fast"):
+        raise PriorError(f"{name}: the boundary refiner was trained on the fast procedure's features, "
+                         f"not the {procedure} procedure's")
     renderer = refiner_for(segmenter)
-    state = {k[len(PREFIX):]: v for k, v in prior.tensors.items() if k.startswith(PREFIX)}
     try:
-        renderer.load_state_dict(state)
+        renderer.load_state_dict(_strip(prior.tensors, PREFIX))
     except RuntimeError as exc:
         raise PriorError(f"{prior.path}: the boundary refiner does not match this engine ({exc})") from exc
     return renderer.eval()
 
 
 def refine_prior(prior_name: str | Path, images, out: str | Path, **kwargs) -> dict:
-    """Train a refiner for a MetaSeg prior on ``images`` and write prior + refiner to ``out``."""
+    """Train a refiner for a MetaSeg or NISF (fast procedure) prior on ``images``; write prior +
+    refiner to ``out``."""
     prior = load_prior(prior_name)
-    segmenter = MetaSegSegmenter.from_prior(prior)
+    if prior.task == NISF_TASK:
+        segmenter, extra = NISFSegmenter.from_prior(prior, "fast"), {"procedure": "fast"}
+    else:
+        segmenter, extra = MetaSegSegmenter.from_prior(prior), {}
     renderer, training = train_refiner(segmenter, images, **kwargs)
-    save_refined_prior(prior, renderer, out, {**training, "cases": [im.name for im in images]})
+    save_refined_prior(prior, renderer, out, {**training, **extra, "cases": [im.name for im in images]})
     return training
