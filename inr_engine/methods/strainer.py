@@ -91,11 +91,14 @@ def fit_shared_encoder(factory: Callable[[], nn.Module], decoder: Sequence[str],
 
     def forward(params, *inputs):
         return vmap(lambda p, *x: functional_call(model, p, x), in_dims=(dims, *[0] * len(inputs)))(params, *inputs)
+
     start, losses, running, step = time.perf_counter(), [], 0.0, 0
     while step < settings.steps and time.perf_counter() - start < settings.time_limit_s:
         inputs, labels = draw(rng)
         out = forward({**shared, **own}, *(t.to(device) for t in inputs))
         loss = loss_fn(out, labels.to(device), {**expand_params(shared, signals), **own}).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the joint fit diverged (loss {float(loss)}) at step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
