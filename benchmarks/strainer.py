@@ -8,7 +8,7 @@ the labels after 1, 10, 100 and 1000 steps, for:
 * random SIREN: MetaSeg's SIREN freshly initialised, fitted by the same Adam (1e-4, 4096 voxels
   per step), plain and with its decoder solved by least squares first (as STRAINER's is);
 * STRAINER: the shared encoder, its fresh decoder solved by least squares, then Adam;
-* meta-learned: the bundled ``hippocampus-metaseg`` prior (trained on 144 subjects), by its own fit.
+* meta-learned: the bundled ``hippocampus-metaseg`` prior (trained on 148 subjects), by its own fit.
 
 Shapes: STRAINER shape-completion priors from ``--cases`` training shapes of AdrenalMNIST3D and
 of the head-and-neck organs (parotids, mandible, brainstem, spinal cord), each used in its own
@@ -49,6 +49,7 @@ from inr_engine.datasets import (  # noqa: E402
     labelled_images,
     seeded_split,
 )
+from inr_engine.meta import sub_params  # noqa: E402
 from inr_engine.methods import metaseg, strainer  # noqa: E402
 from inr_engine.methods.seg_training import foreground_dice  # noqa: E402
 from inr_engine.methods.shape_completion import OccupancyINR, ShapeCompleter  # noqa: E402
@@ -68,17 +69,10 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- intensity
-def random_segmenter(cfg: metaseg.MetaSegConfig, seed: int) -> metaseg.MetaSegSegmenter:
-    torch.manual_seed(seed)
-    init = {k: v.detach() for k, v in metaseg.MetaSegINR(cfg).named_parameters()}
-    return metaseg.MetaSegSegmenter(cfg, init, strainer.zero_step_sizes(
-        {k: v for k, v in init.items() if k.startswith("siren.")}))
-
-
 def psnr(segmenter: metaseg.MetaSegSegmenter, volume, params) -> float:
-    siren = {k[len("siren."):]: v for k, v in params.items() if k.startswith("siren.")}
     with torch.no_grad():
-        pred = functional_call(segmenter.model.siren, siren, (volume.coords,))[..., 0].clamp(0, 1)
+        pred = functional_call(segmenter.model.siren, sub_params(params, "siren."), (volume.coords,))[..., 0]
+    pred = pred.clamp(0, 1)
     return 10 * float(np.log10(1.0 / float((pred - volume.intensity).pow(2).mean())))
 
 
@@ -110,10 +104,10 @@ def intensity_part(args) -> dict:
     st = metaseg.MetaSegSegmenter.from_prior(load_prior(prior_path))
     plain_cfg = strainer.segmentation_config(decoder_init="prior")
     methods = {
-        "random SIREN": (random_segmenter(plain_cfg, args.seed), False),
-        "random SIREN, least-squares decoder": (random_segmenter(st.cfg, args.seed), False),
+        "random SIREN": (strainer.random_segmenter(plain_cfg, args.seed), False),
+        "random SIREN, least-squares decoder": (strainer.random_segmenter(st.cfg, args.seed), False),
         f"STRAINER ({len(cases)} cases)": (st, True),
-        "meta-learned (hippocampus-metaseg, 144 cases)": (
+        "meta-learned (hippocampus-metaseg, 148 cases)": (
             metaseg.MetaSegSegmenter.from_prior(load_prior("hippocampus-metaseg")), True),
     }
     results = {}

@@ -333,11 +333,8 @@ def run_train_strainer(args) -> dict:
         classes = args.classes
         if classes is not None and len(classes) < 2:
             raise UsageError("--classes: name the background and at least one class")
-        cfg = strainer.segmentation_config(**({"default_steps": args.fit_steps} if args.fit_steps else {}),
-                                           **({"num_classes": len(classes)} if classes else {}))
-        if classes is None:
-            cfg.num_classes = max(int(im.labels.max()) for im in images) + 1
-        meta = strainer.build_segmentation_prior(images, args.out, cfg, settings, classes, device, training=training,
+        config = {"default_steps": args.fit_steps} if args.fit_steps else None
+        meta = strainer.build_segmentation_prior(images, args.out, settings, classes, device, config, training=training,
                                                  description=args.description or f"STRAINER MetaSeg prior "
                                                                                  f"({len(images)} subjects)")
     print(f"wrote {args.out}: {meta['task']} prior from {len(meta['strainer']['cases'])} cases, "

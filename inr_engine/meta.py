@@ -32,6 +32,12 @@ def batched_forward(model: nn.Module, params: Params, *inputs: torch.Tensor) -> 
     return vmap(single)(params, *inputs)
 
 
+def sub_params(params: Params, prefix: str) -> Params:
+    """The parameters of the sub-module named ``prefix`` (e.g. ``"siren."``), with the prefix removed,
+    ready for ``functional_call`` on that sub-module."""
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
 def expand_params(params: Params, tasks: int) -> Params:
     """Per-task copies of shared parameters (differentiable back to the originals)."""
     return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}

@@ -68,10 +68,10 @@ def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = 
             on_step(st, volume)
     phases = {"fit": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    labels = segmenter.labels(volume, params)
-    phases["decode"] = time.perf_counter() - t0
-    if refiner is not None:
-        t0 = time.perf_counter()
+    if refiner is None:
+        labels = segmenter.labels(volume, params)
+        phases["decode"] = time.perf_counter() - t0
+    else:  # decodes every voxel's logits itself, then re-renders the uncertain ones
         labels = inr_refine.refined_labels(segmenter, refiner, volume, params)
         phases["refine"] = time.perf_counter() - t0
     phases["total"] = sum(phases.values())

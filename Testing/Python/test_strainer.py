@@ -17,6 +17,7 @@ from torch.func import functional_call
 from inr_engine.cli import main
 from inr_engine.complete import complete_labelmap
 from inr_engine.io import read_volume
+from inr_engine.meta import sub_params
 from inr_engine.methods import metaseg, strainer
 from inr_engine.methods.seg_training import foreground_dice
 from inr_engine.methods.shape_completion import ShapeCompleter
@@ -86,7 +87,7 @@ def test_segmentation_prior_is_a_metaseg_prior_that_fits_faster_than_a_random_si
     assert prior.metadata["classes"] == ["background", "anterior", "posterior"]
     segmenter = load_segmenter("metaseg", segmentation_prior)
     assert segmenter.cfg.inner_steps == 0 and segmenter.cfg.decoder_init == "least_squares"
-    random = _random_segmenter(segmenter.cfg)
+    random = strainer.random_segmenter(segmenter.cfg)
     image = read_volume(SAMPLES / "hippocampus_004_image.nii.gz")
     volume = segmenter.prepare(image.array, image.affine)
     psnr = {name: _psnr_after(seg, volume, 10) for name, seg in (("strainer", segmenter), ("random", random))}
@@ -136,16 +137,9 @@ def test_train_strainer_refuses_too_few_cases_and_writes_nothing(tmp_path, capsy
     assert list(tmp_path.iterdir()) == [folder]
 
 
-def _random_segmenter(cfg: metaseg.MetaSegConfig) -> metaseg.MetaSegSegmenter:
-    torch.manual_seed(0)
-    init = {k: v.detach() for k, v in metaseg.MetaSegINR(cfg).named_parameters()}
-    return metaseg.MetaSegSegmenter(cfg, init, strainer.zero_step_sizes(
-        {k: v for k, v in init.items() if k.startswith("siren.")}))
-
-
 def _psnr_after(segmenter: metaseg.MetaSegSegmenter, volume, steps: int) -> float:
     params = [st.params for st in segmenter.fit(volume, steps)][-1]
-    siren = {k[len("siren."):]: v for k, v in params.items() if k.startswith("siren.")}
     with torch.no_grad():
-        pred = functional_call(segmenter.model.siren, siren, (volume.coords,))[..., 0].clamp(0, 1)
+        pred = functional_call(segmenter.model.siren, sub_params(params, "siren."), (volume.coords,))[..., 0]
+    pred = pred.clamp(0, 1)
     return 10 * float(np.log10(1.0 / float((pred - volume.intensity).pow(2).mean())))

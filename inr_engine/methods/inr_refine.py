@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..meta import sub_params
 from ..priors import Prior, PriorError, load_prior, save_prior
 from . import morse
 from .metaseg import MetaSegSegmenter
@@ -30,42 +31,38 @@ from .nisf import TASK as NISF_TASK
 from .nisf import NISFSegmenter
 from .segmentation import SegVolume
 
-Segmenter = MetaSegSegmenter | NISFSegmenter
+RefinableSegmenter = MetaSegSegmenter | NISFSegmenter
 
 PREFIX = "refine."
 ROUNDS_PER_SUBJECT = 2  # point selections per training subject
 REFINE_POINTS = 2048  # voxels re-rendered per volume (MORSE's 8192 is for 2D slices at 4x upsampling)
 
 
-def refiner_for(segmenter: Segmenter) -> morse.BoundaryRenderer:
+def refiner_for(segmenter: RefinableSegmenter) -> morse.BoundaryRenderer:
     cfg = segmenter.cfg
     return morse.BoundaryRenderer([cfg.hidden_features] * (cfg.hidden_layers + 1), cfg.num_classes,
                                   extra_features=1).to(segmenter.device)
 
 
-def _strip(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-
-
 def _metaseg_layers(model, params, x):
     layers = []
     for n, layer in enumerate(model.siren.body):
-        x = functional_call(layer, _strip(params, f"siren.body.{n}."), (x,))
+        x = functional_call(layer, sub_params(params, f"siren.body.{n}."), (x,))
         layers.append(x)
-    return layers, functional_call(model.head, _strip(params, "head."), (x,))
+    return layers, functional_call(model.head, sub_params(params, "head."), (x,))
 
 
 def _nisf_layers(model, params, coords):
     latent = params["latent"].expand(len(coords), -1)
-    h = functional_call(model.backbone.inp, _strip(params, "backbone.inp."), (torch.cat([coords, latent], -1),))
+    h = functional_call(model.backbone.inp, sub_params(params, "backbone.inp."), (torch.cat([coords, latent], -1),))
     layers = [h]
     for n, block in enumerate(model.backbone.blocks):
-        h = h + functional_call(block, _strip(params, f"backbone.blocks.{n}."), (h,))
+        h = h + functional_call(block, sub_params(params, f"backbone.blocks.{n}."), (h,))
         layers.append(h)
-    return layers, functional_call(model.segmentation, _strip(params, "segmentation."), (h,))
+    return layers, functional_call(model.segmentation, sub_params(params, "segmentation."), (h,))
 
 
-def point_inputs(segmenter: Segmenter, params: dict[str, torch.Tensor], coords: torch.Tensor,
+def point_inputs(segmenter: RefinableSegmenter, params: dict[str, torch.Tensor], coords: torch.Tensor,
                  intensity: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """(each layer's features, the class head's logits, the intensity) at ``coords``."""
     layers_of = _nisf_layers if isinstance(segmenter, NISFSegmenter) else _metaseg_layers
@@ -73,14 +70,14 @@ def point_inputs(segmenter: Segmenter, params: dict[str, torch.Tensor], coords: 
     return layers, logits, intensity.to(segmenter.device)[:, None]
 
 
-def render(segmenter: Segmenter, renderer: morse.BoundaryRenderer, params, volume: SegVolume,
+def render(segmenter: RefinableSegmenter, renderer: morse.BoundaryRenderer, params, volume: SegVolume,
            flat: torch.Tensor) -> torch.Tensor:
     """Refined logits at the voxels of flat (C-order) indices ``flat``."""
     layers, logits, intensity = point_inputs(segmenter, params, volume.coords[flat], volume.intensity[flat])
     return renderer(volume.coords[flat].to(segmenter.device), layers, logits, intensity)
 
 
-def refined_labels(segmenter: Segmenter, renderer: morse.BoundaryRenderer, volume: SegVolume, params,
+def refined_labels(segmenter: RefinableSegmenter, renderer: morse.BoundaryRenderer, volume: SegVolume, params,
                    count: int = REFINE_POINTS) -> np.ndarray:
     """The label map of the fitted ``params`` with the ``count`` most uncertain voxels re-rendered."""
     with torch.no_grad():
@@ -97,7 +94,7 @@ def refined_labels(segmenter: Segmenter, renderer: morse.BoundaryRenderer, volum
     return refined.argmax(0).cpu().numpy().astype(np.uint8)
 
 
-def training_points(segmenter: Segmenter, params, volume: SegVolume, rng: torch.Generator,
+def training_points(segmenter: RefinableSegmenter, params, volume: SegVolume, rng: torch.Generator,
                     count: int = morse.TRAIN_POINTS) -> torch.Tensor:
     """MORSE's choice among the volume's voxels: flat indices of ``count`` points."""
     candidates = torch.randint(len(volume.coords), (morse.OVERSAMPLE * count,), generator=rng)
@@ -108,7 +105,7 @@ def training_points(segmenter: Segmenter, params, volume: SegVolume, rng: torch.
     return torch.cat([uncertain, torch.randint(len(volume.coords), (count - n_uncertain,), generator=rng)])
 
 
-def train_refiner(segmenter: Segmenter, images, steps: int | None = None, iterations: int = 800,
+def train_refiner(segmenter: RefinableSegmenter, images, steps: int | None = None, iterations: int = 800,
                   seed: int = 0, log=None) -> tuple[morse.BoundaryRenderer, dict]:
     """Fit each training image as at test time, gather MORSE points, train the renderer on them."""
     torch.manual_seed(seed)
@@ -158,7 +155,7 @@ def save_refined_prior(prior: Prior, renderer: morse.BoundaryRenderer, out: str 
     return save_prior(out, tensors, meta)
 
 
-def load_refiner(segmenter: Segmenter) -> morse.BoundaryRenderer:
+def load_refiner(segmenter: RefinableSegmenter) -> morse.BoundaryRenderer:
     """The renderer stored in the segmenter's prior; :class:`PriorError` if it has none."""
     prior = segmenter.prior
     name = prior.path if prior is not None else "this prior"
@@ -170,7 +167,7 @@ def load_refiner(segmenter: Segmenter) -> morse.BoundaryRenderer:
                          f"not the {procedure} procedure's")
     renderer = refiner_for(segmenter)
     try:
-        renderer.load_state_dict(_strip(prior.tensors, PREFIX))
+        renderer.load_state_dict(sub_params(prior.tensors, PREFIX))
     except RuntimeError as exc:
         raise PriorError(f"{prior.path}: the boundary refiner does not match this engine ({exc})") from exc
     return renderer.eval()

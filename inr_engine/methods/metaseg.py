@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
-from ..meta import MetaLearner
+from ..meta import MetaLearner, sub_params
 from ..networks import Siren
 from ..priors import SEGMENTATION_TASKS, Prior, PriorError, initialisation_tensors, prior_config
 from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
@@ -146,7 +146,7 @@ class MetaSegSegmenter:
         def loss(params):
             pick = (slice(None) if use_all
                     else torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device))
-            out = functional_call(self.model.siren, _strip(params, "siren."), (coords[pick],))
+            out = functional_call(self.model.siren, sub_params(params, "siren."), (coords[pick],))
             return (out[..., 0] - intensity[pick]).pow(2).mean()
 
         siren_init = {k: v for k, v in self.init.items() if k in self.step_sizes}
@@ -163,7 +163,7 @@ class MetaSegSegmenter:
             pick = torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device)
             coords, intensity = coords[pick], intensity[pick]
         with torch.no_grad():
-            features = functional_call(self.model.siren.body, _strip(siren, "siren.body."), (coords,))
+            features = functional_call(self.model.siren.body, sub_params(siren, "siren.body."), (coords,))
             design = torch.cat([features, torch.ones_like(features[:, :1])], 1).double()
             gram = design.T @ design + ridge * len(design) * torch.eye(design.shape[1], dtype=design.dtype,
                                                                            device=design.device)
@@ -178,10 +178,6 @@ class MetaSegSegmenter:
             return functional_call(self.model, params, (coords.to(self.device),))[..., 1:]
 
         return predict_labels(logits, volume, self.cfg.hidden_features)
-
-
-def _strip(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def _check_shapes(prior: Prior, model: nn.Module, init, sizes) -> None:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..meta import expand_params
+from ..meta import expand_params, sub_params
 from ..priors import initialisation_tensors, save_prior
 from . import metaseg, shape_completion
 from .metaseg import MetaSegConfig, MetaSegINR, MetaSegSegmenter
@@ -175,6 +175,15 @@ def segmentation_config(**overrides) -> MetaSegConfig:
                             "fit_points": 4096, "decoder_init": "least_squares", **overrides})
 
 
+def random_segmenter(cfg: MetaSegConfig, seed: int = 0, device="cpu") -> MetaSegSegmenter:
+    """MetaSeg's network freshly initialised and fitted like a STRAINER prior (the baseline STRAINER
+    is measured against)."""
+    torch.manual_seed(seed)
+    init = {k: v.detach() for k, v in MetaSegINR(cfg).named_parameters()}
+    return MetaSegSegmenter(cfg, init, zero_step_sizes({k: v for k, v in init.items() if k.startswith("siren.")}),
+                            device=device)
+
+
 def train_intensity_encoder(data: TrainingVolumes, cfg: MetaSegConfig, settings: StrainerSettings,
                             device="cpu") -> tuple[dict[str, torch.Tensor], EncoderFit]:
     """The STRAINER initialisation of MetaSeg's SIREN from the images' intensities: (init, fit)."""
@@ -207,9 +216,9 @@ def train_class_head(segmenter: MetaSegSegmenter, data: TrainingVolumes, steps: 
         for st in segmenter.fit(volume, steps, seed=seed + index):
             if st.step in checkpoints:
                 pick = torch.from_numpy(rng.integers(0, len(volume.coords), points))
-                siren = {k[len("siren."):]: v for k, v in st.params.items() if k.startswith("siren.")}
                 with torch.no_grad():
-                    feats.append(_siren_features(segmenter, siren, volume.coords[pick]))
+                    feats.append(functional_call(segmenter.model.siren.body, sub_params(st.params, "siren.body."),
+                                                 (volume.coords[pick].to(segmenter.device),)))
                 labels.append(data.labels[index][pick])
     feats, labels = torch.cat(feats), torch.cat(labels).to(segmenter.device)
     torch.manual_seed(seed)
@@ -222,11 +231,6 @@ def train_class_head(segmenter: MetaSegSegmenter, data: TrainingVolumes, steps: 
         loss.backward()
         opt.step()
     return {f"head.{k}": v.detach().cpu() for k, v in head.named_parameters()}
-
-
-def _siren_features(segmenter: MetaSegSegmenter, siren: dict[str, torch.Tensor], coords: torch.Tensor):
-    body = {k[len("body."):]: v for k, v in siren.items() if k.startswith("body.")}
-    return functional_call(segmenter.model.siren.body, body, (coords.to(segmenter.device),))
 
 
 # --------------------------------------------------------------------------- prior files
@@ -242,14 +246,18 @@ def build_shape_prior(shapes, out: str | Path, cfg: ShapeConfig | None = None,
     return meta
 
 
-def build_segmentation_prior(images, out: str | Path, cfg: MetaSegConfig | None = None,
-                             settings: StrainerSettings | None = None, class_names: Sequence[str] | None = None,
-                             device="cpu", **metadata) -> dict:
-    """Fit a STRAINER MetaSeg prior on labelled ``images`` and write it to ``out``; returns its metadata."""
+def build_segmentation_prior(images, out: str | Path, settings: StrainerSettings | None = None,
+                             class_names: Sequence[str] | None = None, device="cpu", config: dict | None = None,
+                             **metadata) -> dict:
+    """Fit a STRAINER MetaSeg prior on labelled ``images`` and write it to ``out``; returns its metadata.
+
+    ``config`` overrides :func:`segmentation_config`; the classes are ``class_names``' (background
+    first) or, without names, those the label maps hold.
+    """
     settings = settings or StrainerSettings()
-    data = TrainingVolumes.from_images(images, (cfg or MetaSegConfig()).scale_mm,
-                                       cfg.num_classes if cfg is not None else None)
-    cfg = cfg or segmentation_config(num_classes=data.num_classes)
+    cfg = segmentation_config(**(config or {}))
+    data = TrainingVolumes.from_images(images, cfg.scale_mm, len(class_names) if class_names else None)
+    cfg.num_classes = data.num_classes
     class_names = list(class_names or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)])
     siren_init, fit = train_intensity_encoder(data, cfg, settings, device)
     torch.manual_seed(settings.seed + 2)
