@@ -258,7 +258,9 @@ def run_train_shape(args) -> dict:
                              seed=args.seed, device=resolve_device(args.device), settings=settings,
                              description=args.description or f"shape completion prior ({args.dataset})",
                              training_data=training, log_path=args.log, time_limit_s=args.time_limit,
-                             data_workers=args.data_workers)
+                             data_workers=args.data_workers, encoder_steps=args.encoder_steps,
+                             encoder_time_limit_s=args.encoder_time_limit, encoder_batch=args.encoder_batch,
+                             encoder_lr=args.encoder_lr)
 
 
 def run_train_segmentation(args) -> dict:
@@ -369,7 +371,13 @@ def _config_overrides(pairs: list[str] | None, config_cls) -> dict:
     unknown = set(overrides) - set(fields)
     if unknown:
         raise UsageError(f"unknown --config keys {sorted(unknown)}; known: {sorted(fields)}")
-    return {k: type(fields[k].default)(v) for k, v in overrides.items()}
+    return {k: _config_value(fields[k].default, v) for k, v in overrides.items()}
+
+
+def _config_value(default, text: str):
+    if isinstance(default, tuple):  # comma-separated integers, e.g. encoder_channels=16,32,64
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    return type(default)(text)
 
 
 # --------------------------------------------------------------------------- priors
@@ -483,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads drawing training tasks (slice registration); the task sequence depends on "
                          "the seed and this number")
     ts.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    ts.add_argument("--encoder-steps", type=int, default=3000,
+                    help="context encoder (--config encoder_channels=16,32,64): supervised steps before meta-learning")
+    ts.add_argument("--encoder-time-limit", type=float, help="stop the context encoder's training after this many s")
+    ts.add_argument("--encoder-batch", type=int, default=4, help="context encoder: examples per step")
+    ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
     ts.add_argument("--log", help="JSON-lines training log")
     ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")
     ts.add_argument("--description")

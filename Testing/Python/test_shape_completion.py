@@ -22,7 +22,7 @@ from inr_engine.methods.shape_completion import (
     region_of_interest,
     sample_task,
 )
-from inr_engine.methods.shape_training import TaskStream, protocol_dice
+from inr_engine.methods.shape_training import TaskStream, draw_meta_batch, protocol_dice
 from inr_engine.methods.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
@@ -248,7 +248,7 @@ def test_task_stream_with_several_workers_is_reproducible(tiny_cfg, ellipsoid):
     shapes = [Shape(*ellipsoid, "ellipsoid")]
 
     def first_labels(workers):
-        with TaskStream(shapes, tiny_cfg, meta_batch=2, seed=3, workers=workers) as stream:
+        with TaskStream(lambda rng: draw_meta_batch(shapes, tiny_cfg, rng, 2), seed=3, workers=workers) as stream:
             return [stream()[1][1] for _ in range(4)]
 
     for a, b in zip(first_labels(2), first_labels(2)):

@@ -10,6 +10,9 @@ only ties with morphological interpolation on small structures (see README, benc
   (:class:`~inr_engine.methods.slices.SliceEvidence`: shape-based interpolation along the
   registered correspondence between neighbouring slices, distances to the slices), and its
   logit is a learned correction of the interpolated signed distance (``alpha`` and ``beta``);
+* optionally, non-local context: a 3D U-Net over the evidence of the whole region
+  (:mod:`~inr_engine.methods.slice_encoder`), trained before the meta-learning and frozen in
+  it, whose logit the INR also sees and corrects;
 * Meta-SGD (learned per-parameter inner step sizes) instead of a fixed inner rate;
 * training tasks with random spacing, offset and orientation (single and mixed axes).
 """
@@ -34,6 +37,7 @@ from ..meta import MetaLearner
 from ..networks import Siren
 from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, initialisation_tensors, prior_config
 from ..runtime import thread_map
+from .slice_encoder import ENCODER_LOGIT_SCALE, EncodedEvidence, SliceEncoder
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
 
 TASK = SHAPE_COMPLETION_TASK
@@ -60,25 +64,39 @@ class ShapeConfig:
     weight_decay: float = 100.0  # lambda of lambda/q * ||theta||^2 (q = number of weights)
     adam_lr: float = 3e-6  # test-time steps beyond the meta-learned ones (larger rates overfit the slices)
     default_steps: int = 5
+    encoder_channels: tuple[int, ...] = ()  # U-Net channels of the context encoder; () = none
+    encoder_pitch_mm: float = 1.0  # grid pitch the encoder runs at, whatever the input's spacing
+    held_out_slices: int = 0  # held-out context from at most this many annotated slices (0: all); each costs
+    # a new slice evidence (and an encoder pass) without that slice
+
+    @property
+    def evidence_features(self) -> int:
+        return NUM_FEATURES + (1 if self.encoder_channels else 0)
 
 
 class OccupancyINR(nn.Module):
     """SIREN on (normalized coordinates, slice evidence) -> occupancy logit.
 
     The logit is ``siren(u, e) - alpha * s + beta`` with ``s`` the evidence's interpolated
-    signed distance: the SIREN learns the correction of shape-based interpolation.
+    signed distance: the SIREN learns the correction of shape-based interpolation. With a
+    context encoder, the evidence ends with the encoder's (scaled) logit ``c`` and the logit is
+    ``siren(u, e) - alpha * s + gamma * c + beta``, starting from the encoder's answer.
     """
 
     def __init__(self, cfg: ShapeConfig):
         super().__init__()
-        self.siren = Siren(3 + NUM_FEATURES, cfg.hidden_features, cfg.hidden_layers, 1, cfg.omega_0,
+        self.in_features = 3 + cfg.evidence_features
+        self.siren = Siren(self.in_features, cfg.hidden_features, cfg.hidden_layers, 1, cfg.omega_0,
                            cfg.first_omega_0)
-        self.alpha = nn.Parameter(torch.tensor(4.0))
+        encoded = bool(cfg.encoder_channels)
+        self.alpha = nn.Parameter(torch.tensor(0.0 if encoded else 4.0))
         self.beta = nn.Parameter(torch.tensor(0.0))
+        self.gamma = nn.Parameter(torch.tensor(ENCODER_LOGIT_SCALE)) if encoded else None
 
     def forward(self, coords: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         x = torch.cat([coords, evidence], dim=-1)
-        return self.siren(x).squeeze(-1) - self.alpha * evidence[..., -1] + self.beta
+        logit = self.siren(x).squeeze(-1) - self.alpha * evidence[..., NUM_FEATURES - 1] + self.beta
+        return logit if self.gamma is None else logit + self.gamma * evidence[..., -1]
 
 
 def occupancy_loss(logits: torch.Tensor, labels: torch.Tensor, params: dict[str, torch.Tensor],
@@ -99,7 +117,7 @@ def occupancy_loss(logits: torch.Tensor, labels: torch.Tensor, params: dict[str,
 class Case:
     """A sparse input prepared for fitting: evidence, decoded region, frame, context points."""
 
-    evidence: SliceEvidence
+    evidence: SliceEvidence | EncodedEvidence
     affine: np.ndarray
     frame: NormalizedFrame
     lo: np.ndarray  # decoded region [lo, hi) in voxel indices
@@ -159,12 +177,13 @@ def _slice_voxels(sparse: np.ndarray, evidence: SliceEvidence, lo, hi) -> _Slice
                         np.concatenate(axes), np.concatenate(numbers))
 
 
-def _held_out_features(evidence: SliceEvidence, voxels: _SliceVoxels, pick: np.ndarray) -> np.ndarray:
+def _held_out_features(evidence: SliceEvidence | EncodedEvidence, voxels: _SliceVoxels,
+                       pick: np.ndarray) -> np.ndarray:
     """Features of the picked annotated voxels, each described by the evidence of the *other*
     slices (leave one slice out): on an annotated slice the full evidence already states the
     label, so fitting to it alone would teach nothing, whereas predicting each slice from its
     neighbours is the case's own interpolation problem and gives the test-time fit its signal."""
-    out = np.empty((len(pick), NUM_FEATURES), np.float32)
+    out = np.empty((len(pick), evidence.num_features), np.float32)
     groups = voxels.axis[pick] * 10**6 + voxels.slice_number[pick]
 
     def fill_without(group: int) -> None:
@@ -174,6 +193,15 @@ def _held_out_features(evidence: SliceEvidence, voxels: _SliceVoxels, pick: np.n
 
     thread_map(fill_without, np.unique(groups))  # each group writes its own rows
     return out
+
+
+def _held_out_candidates(voxels: _SliceVoxels, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the annotated voxels on at most ``limit`` randomly chosen slices (0: all slices)."""
+    groups = voxels.axis * 10**6 + voxels.slice_number
+    chosen = np.unique(groups)
+    if not limit or len(chosen) <= limit:
+        return np.arange(len(groups))
+    return np.flatnonzero(np.isin(groups, rng.choice(chosen, limit, replace=False)))
 
 
 def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndarray) -> np.ndarray:
@@ -187,8 +215,9 @@ def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndar
 
 
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
-                 rng: np.random.Generator | None = None) -> Case:
-    """Find the annotated slices (unless given), build the evidence, region, frame and context.
+                 rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None) -> Case:
+    """Find the annotated slices (unless given), build the evidence (with ``encoder``'s context
+    when the prior has one), region, frame and context.
 
     The context the fit sees is half annotated voxels with the full evidence (the annotations
     must be honoured) and half with each slice held out (see :func:`_held_out_features`).
@@ -205,6 +234,8 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
                          "so that the shape's extent can be inferred")
     evidence = SliceEvidence(sparse, slices, spacing(affine))
     lo, hi = region_of_interest(sparse, evidence, cfg.margin_mm)
+    if encoder is not None:
+        evidence = EncodedEvidence(evidence, encoder, lo, hi, cfg.encoder_pitch_mm)
     fg = np.argwhere(sparse)
     centre = ijk_to_ras((fg.min(0) + fg.max(0)) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
@@ -213,7 +244,8 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     voxels = _slice_voxels(sparse, evidence, lo, hi)
     near = voxels.distance <= band
     exact = _balanced_sample(rng, len(near), cfg.context_points // 2, near)
-    held = _balanced_sample(rng, len(near), cfg.context_points - cfg.context_points // 2, near)
+    eligible = _held_out_candidates(voxels, cfg.held_out_slices, rng)
+    held = eligible[_balanced_sample(rng, len(eligible), cfg.context_points - cfg.context_points // 2, near[eligible])]
     pick = np.concatenate([exact, held])
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
     context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick], affine)), torch.from_numpy(feats),
@@ -222,14 +254,15 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
                 {"prepare": time.perf_counter() - t0})
 
 
-def _inputs(evidence: SliceEvidence, frame: NormalizedFrame, affine, ijk: np.ndarray):
+def _inputs(evidence: SliceEvidence | EncodedEvidence, frame: NormalizedFrame, affine, ijk: np.ndarray):
     coords = torch.from_numpy(frame.ijk_to_network(ijk, affine))
     return coords, torch.from_numpy(evidence.features(ijk))
 
 
 # --------------------------------------------------------------------------- training tasks
-def sample_task(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.random.Generator):
-    """One meta-training task from a full mask: simulated sparse slices -> (context, target)."""
+def simulate_sparse(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.random.Generator):
+    """Simulated annotation of a full mask: every w-th slice (random w, offset and axes, as the
+    config's training ranges say); returns ``(sparse, slices)``, or None when too few slices."""
     mask = np.asarray(mask) > 0
     spc = spacing(affine)
     axes = [int(rng.integers(3))]
@@ -246,7 +279,18 @@ def sample_task(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.
         slices[a] = kept
     if not sparse.any() or sum(len(v) for v in slices.values()) < 2:
         return None
-    case = prepare_case(sparse, affine, cfg, slices, rng)
+    return sparse, slices
+
+
+def sample_task(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.random.Generator,
+                encoder: SliceEncoder | None = None):
+    """One meta-training task from a full mask: simulated sparse slices -> (context, target)."""
+    simulated = simulate_sparse(mask, affine, cfg, rng)
+    if simulated is None:
+        return None
+    mask = np.asarray(mask) > 0
+    sparse, slices = simulated
+    case = prepare_case(sparse, affine, cfg, slices, rng, encoder)
     voxels = _box_voxels(case.lo, case.hi)
     labels = mask[tuple(voxels.T)].astype(np.float32)
     band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
@@ -270,18 +314,22 @@ class ShapeCompleter:
     """A loaded shape-completion prior, ready to fit and decode cases."""
 
     def __init__(self, cfg: ShapeConfig, init: dict[str, torch.Tensor], step_sizes: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", encoder: SliceEncoder | None = None):
         self.cfg = cfg
         self.prior: Prior | None = None  # set by from_prior
         self.device = torch.device(device)
         self.model = OccupancyINR(cfg).to(self.device).requires_grad_(False)
         self.init = {k: v.detach().to(self.device) for k, v in init.items()}
         self.step_sizes = {k: v.detach().to(self.device) for k, v in step_sizes.items()}
+        if bool(cfg.encoder_channels) != (encoder is not None):
+            raise ValueError("a context encoder is needed exactly when the configuration names its channels")
+        self.encoder = None if encoder is None else encoder.to(self.device).eval().requires_grad_(False)
 
     @classmethod
-    def from_learner(cls, learner: MetaLearner, cfg: ShapeConfig, device="cpu") -> ShapeCompleter:
+    def from_learner(cls, learner: MetaLearner, cfg: ShapeConfig, device="cpu",
+                     encoder: SliceEncoder | None = None) -> ShapeCompleter:
         tensors = prior_tensors(learner)
-        return cls(cfg, *_split(tensors, learner.model), device=device)
+        return cls(cfg, *_split(tensors, learner.model), device=device, encoder=encoder)
 
     @classmethod
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> ShapeCompleter:
@@ -300,12 +348,12 @@ class ShapeCompleter:
             if init[k].shape != p.shape or sizes[k].shape != p.shape:
                 raise PriorError(f"{prior.path}: tensor {k} has shape {tuple(init[k].shape)}, "
                                  f"expected {tuple(p.shape)}: prior and engine architectures differ")
-        completer = cls(cfg, init, sizes, device)
+        completer = cls(cfg, init, sizes, device, _load_encoder(prior, cfg))
         completer.prior = prior
         return completer
 
     def prepare(self, sparse: np.ndarray, affine: np.ndarray, slices: dict[int, list[int]] | None = None) -> Case:
-        return prepare_case(sparse, affine, self.cfg, slices)
+        return prepare_case(sparse, affine, self.cfg, slices, encoder=self.encoder)
 
     def fit(self, case: Case, steps: int | None = None) -> Iterator[FitStep]:
         """Fit to the annotated slices; yields after each step (``steps=0`` yields nothing)."""
@@ -330,7 +378,7 @@ class ShapeCompleter:
 
     def decode(self, case: Case, params=None, step: float = 1.0, adaptive: bool = True):
         """Logits over the case's region, sampled every ``step`` voxels; returns (logits, lo)."""
-        chunk = chunk_size(bytes_per_point=4 * (3 + NUM_FEATURES + 6 * self.cfg.hidden_features) * 4)
+        chunk = chunk_size(bytes_per_point=4 * (self.model.in_features + 6 * self.cfg.hidden_features) * 4)
         lo = case.lo.astype(np.float64)
         hi = case.hi.astype(np.float64) - 1 + step
         return decode_box(self.point_function(case, params), lo, hi, step, chunk, adaptive), lo
@@ -346,14 +394,41 @@ def _split(tensors: dict[str, torch.Tensor], model: nn.Module):
     return {k: tensors[f"init.{k}"] for k in names}, {k: tensors[f"step_size.{k}"] for k in names}
 
 
-def prior_tensors(learner: MetaLearner) -> dict[str, torch.Tensor]:
-    """The tensors of a shape prior: the initialisation and the inner step sizes."""
-    return initialisation_tensors(dict(learner.model.named_parameters()), learner.step_sizes())
+def _load_encoder(prior: Prior, cfg: ShapeConfig) -> SliceEncoder | None:
+    if not cfg.encoder_channels:
+        return None
+    encoder = SliceEncoder(cfg.encoder_channels)
+    state = {k.removeprefix(ENCODER_PREFIX): v for k, v in prior.tensors.items() if k.startswith(ENCODER_PREFIX)}
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PriorError(f"{prior.path}: its context encoder does not match its configuration "
+                         f"(channels {list(cfg.encoder_channels)}): {str(exc).splitlines()[0]}") from exc
+    return encoder
+
+
+ENCODER_PREFIX = "encoder."
+
+
+def prior_tensors(learner: MetaLearner, encoder: SliceEncoder | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a shape prior: the initialisation, the inner step sizes and the context
+    encoder's weights (``encoder.*``), if any."""
+    tensors = initialisation_tensors(dict(learner.model.named_parameters()), learner.step_sizes())
+    if encoder is not None:
+        tensors.update({ENCODER_PREFIX + k: v.detach() for k, v in encoder.state_dict().items()})
+    return tensors
 
 
 def prior_metadata(cfg: ShapeConfig, **extra) -> dict:
     return {"task": TASK, "config": asdict(cfg), "frame": {"convention": FRAME_CONVENTION, "scale_mm": cfg.scale_mm},
             "architecture": {"network": "OccupancyINR(SIREN on coords + slice evidence)",
-                             "in_features": 3 + NUM_FEATURES, "hidden_features": cfg.hidden_features,
+                             "in_features": 3 + cfg.evidence_features, "hidden_features": cfg.hidden_features,
                              "hidden_layers": cfg.hidden_layers, "omega_0": cfg.omega_0,
-                             "evidence": EVIDENCE_VERSION}, **extra}
+                             "evidence": EVIDENCE_VERSION, **_encoder_architecture(cfg)}, **extra}
+
+
+def _encoder_architecture(cfg: ShapeConfig) -> dict:
+    if not cfg.encoder_channels:
+        return {}
+    return {"context_encoder": f"MONAI UNet over the slice evidence, channels {list(cfg.encoder_channels)}, "
+                               f"on a {cfg.encoder_pitch_mm} mm grid"}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
 from ..datasets import Shape
+from ..frames import spacing
 from ..meta import MetaLearner
 from ..metrics import dice
 from ..priors import save_prior
@@ -24,9 +28,12 @@ from .shape_completion import (
     occupancy_loss,
     prior_metadata,
     prior_tensors,
+    region_of_interest,
     sample_task,
+    simulate_sparse,
 )
-from .slices import SliceError, sparsify
+from .slice_encoder import EvidenceGrid, SliceEncoder
+from .slices import SliceError, SliceEvidence, sparsify
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -70,29 +77,35 @@ def validation_metrics(completer: ShapeCompleter, shapes: list[Shape], settings:
     return out
 
 
-def draw_meta_batch(shapes: list[Shape], cfg: ShapeConfig, rng: np.random.Generator, size: int) -> tuple:
+def draw_meta_batch(shapes: list[Shape], cfg: ShapeConfig, rng: np.random.Generator, size: int,
+                    encoder: SliceEncoder | None = None) -> tuple:
     """``size`` tasks from randomly chosen shapes, collated into (context, target)."""
-    tasks = []
-    while len(tasks) < size:
-        shape = shapes[int(rng.integers(len(shapes)))]
-        task = sample_task(shape.mask, shape.affine, cfg, rng)
-        if task is not None:
-            tasks.append(task)
-    return collate(tasks)
+    return collate(_draw(shapes, rng, size, lambda shape: sample_task(shape.mask, shape.affine, cfg, rng, encoder)))
+
+
+def _draw(shapes: list[Shape], rng: np.random.Generator, size: int, make: Callable[[Shape], object]) -> list:
+    """``size`` non-None results of ``make`` on randomly chosen shapes."""
+    out = []
+    while len(out) < size:
+        item = make(shapes[int(rng.integers(len(shapes)))])
+        if item is not None:
+            out.append(item)
+    return out
 
 
 class TaskStream:
-    """Meta-batches drawn in background threads (NumPy, SciPy and SimpleITK release the GIL).
+    """Batches drawn in background threads (NumPy, SciPy, SimpleITK and PyTorch release the GIL).
 
-    Worker ``i`` of ``workers`` draws batches ``i, i + workers, ...`` from its own generator and
-    the stream hands them out in that order, so the sequence depends on the seed and the
-    number of workers, not on thread timing. Use it as a context manager (or call ``close``):
-    threads still inside native code when the interpreter exits abort the process.
+    ``draw(rng)`` makes one batch. Worker ``i`` of ``workers`` draws batches ``i, i + workers,
+    ...`` from its own generator and the stream hands them out in that order, so the sequence
+    depends on the seed and the number of workers, not on thread timing. Use it as a context
+    manager (or call ``close``): threads still inside native code when the interpreter exits
+    abort the process.
     """
 
-    def __init__(self, shapes: list[Shape], cfg: ShapeConfig, meta_batch: int, seed: int, workers: int = 1,
+    def __init__(self, draw: Callable[[np.random.Generator], object], seed: int, workers: int = 1,
                  prefetch: int = 4):
-        self.shapes, self.cfg, self.meta_batch = shapes, cfg, meta_batch
+        self.draw = draw
         self.queues = [queue.Queue(max(1, prefetch // workers)) for _ in range(workers)]
         self.turn = 0
         self.stopping = threading.Event()
@@ -104,7 +117,7 @@ class TaskStream:
 
     def _fill(self, out: queue.Queue, rng: np.random.Generator) -> None:
         while not self.stopping.is_set():
-            batch = draw_meta_batch(self.shapes, self.cfg, rng, self.meta_batch)
+            batch = self.draw(rng)
             while not self.stopping.is_set():
                 try:
                     out.put(batch, timeout=0.1)
@@ -129,11 +142,94 @@ class TaskStream:
         self.close()
 
 
+def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
+    """One training example for the context encoder: the evidence of simulated sparse slices on
+    the encoder's grid over the decoded region, and the shape's occupancy there (linear samples)."""
+    simulated = simulate_sparse(shape.mask, shape.affine, cfg, rng)
+    if simulated is None:
+        return None
+    sparse, slices = simulated
+    evidence = SliceEvidence(sparse, slices, spacing(shape.affine))
+    grid = EvidenceGrid(*region_of_interest(sparse, evidence, cfg.margin_mm), evidence.spacing, cfg.encoder_pitch_mm)
+    target = grid.sample(np.asarray(shape.mask, np.float32), grid.points()).reshape(grid.dims)
+    return grid.features(evidence), torch.from_numpy(target.astype(np.float32))
+
+
+def encoder_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over one grid (the occupancy loss without weight decay)."""
+    prob = torch.sigmoid(logits)
+    dice_loss = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss
+
+
+def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, batch: int, lr: float, seed: int,
+                        device: torch.device, time_limit_s: float | None = None, data_workers: int = 1,
+                        log=None) -> SliceEncoder:
+    """Supervised training of the context encoder on simulated sparse slices (Adam, cosine decay).
+
+    Under ``torchrun`` the ranks draw their own examples and average their gradients; they stop
+    together at the first rank's time limit.
+    """
+    rank, world = distributed_context()
+    torch.manual_seed(seed)
+    encoder = SliceEncoder(cfg.encoder_channels).to(device)
+    opt = torch.optim.Adam(encoder.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    start, running, since_log = time.perf_counter(), 0.0, 0
+
+    def draw(rng):
+        return _draw(train, rng, batch, lambda shape: encoder_task(shape, cfg, rng))
+
+    with TaskStream(draw, seed + 7919 + rank, data_workers) as stream:
+        for step in range(1, steps + 1):
+            opt.zero_grad(set_to_none=True)
+            for features, target in stream():
+                loss = encoder_loss(encoder(features[None].to(device))[0], target.to(device)) / batch
+                loss.backward()
+                running += float(loss.detach())
+            since_log += 1
+            if world > 1:
+                for p in encoder.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            opt.step()
+            sched.step()
+            out_of_time = _agree(time_limit_s is not None and time.perf_counter() - start > time_limit_s, world)
+            if rank == 0 and log is not None and (step % 50 == 0 or step == steps or out_of_time):
+                log({"stage": "encoder", "step": step, "train_loss": running / since_log,
+                     "seconds": time.perf_counter() - start})
+                running, since_log = 0.0, 0
+            if out_of_time:
+                break
+    return encoder.cpu().eval().requires_grad_(False)
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """True on every rank when it is true on any."""
+    if world == 1:
+        return flag
+    value = torch.tensor(float(flag))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, out: str | Path, *, steps: int,
                       meta_batch: int, lr: float, seed: int, device: torch.device, settings: list[tuple[str, int]],
                       description: str, training_data: dict, log_path: str | Path | None = None,
-                      time_limit_s: float | None = None, data_workers: int = 1) -> dict:
-    """Meta-train a shape prior and write the best validated state to ``out``."""
+                      time_limit_s: float | None = None, data_workers: int = 1, encoder_steps: int = 3000,
+                      encoder_time_limit_s: float | None = None, encoder_batch: int = 4,
+                      encoder_lr: float = 1e-3) -> dict:
+    """Meta-train a shape prior and write the best validated state to ``out``.
+
+    With ``cfg.encoder_channels``, the context encoder is trained first (``encoder_*``) and is
+    frozen while the INR is meta-learned on evidence that includes it.
+    """
+    log = json_logger(log_path)
+    encoder = None
+    if cfg.encoder_channels:
+        encoder = train_slice_encoder(train, cfg, steps=encoder_steps, batch=encoder_batch, lr=encoder_lr, seed=seed,
+                                      device=device, time_limit_s=encoder_time_limit_s, data_workers=data_workers,
+                                      log=log)
     torch.manual_seed(seed)
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
 
@@ -141,16 +237,19 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
         return occupancy_loss(logits, labels, params, cfg.weight_decay)
 
     def validate(lrn: MetaLearner) -> dict:
-        return validation_metrics(ShapeCompleter.from_learner(lrn, cfg), val, settings)
+        return validation_metrics(ShapeCompleter.from_learner(lrn, cfg, encoder=encoder), val, settings)
 
     def checkpoint(lrn: MetaLearner, entry: dict) -> None:
         meta = prior_metadata(cfg, name=Path(out).stem, description=description, training=training_data,
                               validation=entry, training_steps=entry["step"], seed=seed, meta_batch=meta_batch,
                               outer_lr=lr)
-        save_prior(out, prior_tensors(lrn), meta)
+        save_prior(out, prior_tensors(lrn, encoder), meta)
 
-    with TaskStream(train, cfg, meta_batch, seed + distributed_context()[0], data_workers) as stream:
+    def draw(rng):
+        return draw_meta_batch(train, cfg, rng, meta_batch, encoder)
+
+    with TaskStream(draw, seed + distributed_context()[0], data_workers) as stream:
         result = train_meta(learner, stream, loss_fn, steps, lr, device, validate,
-                            validate_every=max(steps // 12, 50), log=json_logger(log_path), checkpoint=checkpoint,
+                            validate_every=max(steps // 12, 50), log=log, checkpoint=checkpoint,
                             time_limit_s=time_limit_s)
     return {"best": result.best, "seconds": result.seconds, "steps": result.steps, "config": asdict(cfg)}

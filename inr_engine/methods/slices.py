@@ -138,6 +138,8 @@ def _flow_between(ev: _AxisEvidence, a: int, b: int) -> SliceFlow:
 class SliceEvidence:
     """What the annotated slices say about any point of the grid."""
 
+    num_features = NUM_FEATURES
+
     def __init__(self, sparse: np.ndarray, slices: dict[int, list[int]], spacing: np.ndarray):
         sparse = np.asarray(sparse) > 0
         if sparse.ndim != 3:
