@@ -234,7 +234,7 @@ def run_train_shape(args) -> dict:
     if args.dataset == "adrenalmnist3d":
         train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
         settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
-        split = {"train": "npz train split (all)", "validation": "npz val split"}
+        split = {"train": "npz train split (all)", "validation": "npz val split (the last --max-val shapes)"}
     elif args.dataset == "hn-oar":
         train_scans, val_scans = hn_split(args.data, n_val=args.val_scans, seed=args.split_seed)
         train = hn_shapes(args.data, train_scans, cache_dir=args.cache_dir)
@@ -251,7 +251,8 @@ def run_train_shape(args) -> dict:
         settings = [("axial", 8), ("axial", 4)]
         split = {"validation": [s.name for s in val], "split_seed": args.split_seed}
     if args.max_val:
-        val = val[: args.max_val]
+        # adrenal: the last shapes of the val split, so that the benchmark's first 40 stay unseen
+        val = val[-args.max_val:] if args.dataset == "adrenalmnist3d" else val[: args.max_val]
     training = {"dataset": args.dataset, "data": str(args.data), "shapes_train": len(train),
                 "shapes_val": len(val), "split": split, "command": " ".join(sys.argv)}
     return train_shape_prior(train, val, cfg, args.out, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,

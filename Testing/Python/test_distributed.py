@@ -181,3 +181,30 @@ def test_segmentation_priors_train_under_torchrun(tmp_path):
     prior = load_prior(out, task="segmentation/nisf")
     assert prior.metadata["training_steps"] == {"auto_decoder": 2, "latent_meta": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "prior.safetensors"]  # no stray files
+
+
+def test_shape_prior_with_context_encoder_trains_under_torchrun(tmp_path):
+    """``inr-engine train shape`` with a context encoder in two gloo processes: the encoder's
+    averaged steps stop together at the time limit, then the meta-learning writes one prior."""
+    from inr_engine.priors import BUNDLED_DIR, load_prior
+
+    samples = BUNDLED_DIR.parent / "samples"
+    (tmp_path / "labels").mkdir()
+    for name in ("adrenal_val000_full.nii.gz", "adrenal_val001_full.nii.gz"):
+        (tmp_path / "labels" / name).write_bytes((samples / name).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo") if sys.platform.startswith("linux") else None
+    out = tmp_path / "prior.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "inr_engine.cli", "train", "shape",
+           "--dataset", "labels", "--data", str(tmp_path / "labels"), "--out", str(out), "--steps", "2",
+           "--meta-batch", "1", "--max-val", "1", "--threads", "1", "--encoder-steps", "50", "--encoder-batch", "1",
+           "--encoder-time-limit", "0.001", "--config", "encoder_channels=4,8", "hidden_features=16",
+           "hidden_layers=1", "context_points=128", "target_points=256", "inner_steps=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert '"stage": "encoder", "step": 1,' in proc.stdout  # both ranks stopped after the first step
+    prior = load_prior(out, task="shape_completion")
+    assert prior.metadata["training_steps"] == 2 and any(k.startswith("encoder.") for k in prior.tensors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "prior.safetensors"]

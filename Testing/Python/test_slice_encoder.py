@@ -116,3 +116,27 @@ def test_evidence_without_encoder_is_unchanged(ellipsoid):
     sparse, kept = sparsify(mask, 0, 4)
     case = prepare_case(sparse, affine, ShapeConfig(context_points=256), {0: kept})
     assert isinstance(case.evidence, SliceEvidence) and case.context[1].shape[-1] == NUM_FEATURES
+
+
+def test_encoder_training_example_is_aligned_and_physical(ellipsoid):
+    from inr_engine.datasets import Shape
+    from inr_engine.methods.shape_training import encoder_task
+
+    mask, affine = ellipsoid  # 0.8 x 1.2 x 2.0 mm voxels, oblique
+    cfg = ShapeConfig(encoder_channels=(4, 8), mixed_orientation_prob=0.0)
+    features, target = encoder_task(Shape(mask, affine, "ellipsoid"), cfg, np.random.default_rng(0))
+    assert features.shape == (NUM_FEATURES, *target.shape)
+    assert all(d % GRID_MULTIPLE == 0 for d in target.shape)
+    assert dice(features[-1].numpy() < 0, target.numpy() > 0.5) > 0.8, "target and evidence must share the grid"
+    voxel_mm3 = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))
+    assert float(target.sum()) == pytest.approx(mask.sum() * voxel_mm3, rel=0.05), "1 mm grid: volume in mm^3"
+
+
+def test_training_windows_stay_on_the_grid():
+    grid = EvidenceGrid(np.zeros(3), np.array([100, 30, 70]), np.ones(3), 1.0)
+    window = grid.window(64, np.random.default_rng(0))
+    assert window.dims == (64, 32, 64)
+    offset = (window.lo - grid.lo) / grid.step
+    assert np.allclose(offset, np.round(offset)) and np.all(offset >= 0)
+    assert np.all(offset + window.dims <= grid.dims)
+    assert grid.window(128, np.random.default_rng(0)) is grid

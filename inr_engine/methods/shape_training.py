@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..datasets import Shape
 from ..frames import spacing
@@ -142,6 +143,9 @@ class TaskStream:
         self.close()
 
 
+ENCODER_TRAINING_SIDE = 64  # grid points per side of an encoder training example, at most
+
+
 def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
     """One training example for the context encoder: the evidence of simulated sparse slices on
     the encoder's grid over the decoded region, and the shape's occupancy there (linear samples)."""
@@ -151,8 +155,9 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
     sparse, slices = simulated
     evidence = SliceEvidence(sparse, slices, spacing(shape.affine))
     grid = EvidenceGrid(*region_of_interest(sparse, evidence, cfg.margin_mm), evidence.spacing, cfg.encoder_pitch_mm)
-    target = grid.sample(np.asarray(shape.mask, np.float32), grid.points()).reshape(grid.dims)
-    return grid.features(evidence), torch.from_numpy(target.astype(np.float32))
+    grid = grid.window(ENCODER_TRAINING_SIDE, rng)  # large organs (the brain) train on windows: the U-Net is local
+    occupancy = ndimage.map_coordinates(np.asarray(shape.mask, np.float32), grid.points().T, order=1, mode="constant")
+    return grid.features(evidence), torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))
 
 
 def encoder_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

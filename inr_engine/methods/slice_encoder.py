@@ -51,6 +51,16 @@ class EvidenceGrid:
         # pad on both sides by whole steps (a 1 mm grid on a 1 mm volume stays on the voxels)
         self.lo = np.asarray(lo, np.float64) - (np.asarray(self.dims) - dims) // 2 * self.step
 
+    def window(self, max_side: int, rng: np.random.Generator) -> EvidenceGrid:
+        """A random window of at most ``max_side`` points per side (itself when it fits)."""
+        if max(self.dims) <= max_side:
+            return self
+        out = copy.copy(self)
+        out.dims = tuple(min(d, max_side) for d in self.dims)
+        start = np.array([rng.integers(d - w + 1) for d, w in zip(self.dims, out.dims)])
+        out.lo = self.lo + start * self.step
+        return out
+
     def points(self) -> np.ndarray:
         idx = np.stack(np.meshgrid(*[np.arange(d) for d in self.dims], indexing="ij"), -1).reshape(-1, 3)
         return self.lo + idx * self.step
