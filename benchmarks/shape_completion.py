@@ -31,7 +31,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from inr_engine.baselines.fill_between_slices import fill_between_slices
 from inr_engine.complete import complete_labelmap
 from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
 from inr_engine.frames import spacing
-from inr_engine.methods.shape_completion import Case, ShapeCompleter
+from inr_engine.methods.shape_completion import Case, ShapeCompleter, ShapeConfig, prepare_case
 from inr_engine.methods.shape_training import axial_axis
 from inr_engine.methods.slices import SliceError, sparsify
 from inr_engine.metrics import segmentation_scores
@@ -161,10 +161,19 @@ def run_case(shape: Shape, axis: int, every: int, completer: ShapeCompleter,
         return rows
     for step, (labelmap, seconds) in ours.items():
         add(OURS, step, labelmap, seconds)
+    if coordinate:
+        case = baseline_case(completer.cfg, sparse, shape.affine, axis, kept)
     for name, baseline in coordinate.items():
         for step, (labelmap, seconds) in baseline.fit_and_decode(case, steps["baselines"]).items():
             add(name, step, labelmap, seconds)
     return rows
+
+
+def baseline_case(cfg: ShapeConfig, sparse: np.ndarray, affine: np.ndarray, axis: int, kept: list[int]) -> Case:
+    """The case the coordinate baselines fit: our region and frame, context points drawn evenly from
+    every annotated slice (our prior may draw half of them from a few held-out slices, which only
+    our evidence features use)."""
+    return prepare_case(sparse, affine, replace(cfg, encoder_channels=(), held_out_slices=0), {axis: kept})
 
 
 def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, CoordinateBaseline],
@@ -497,7 +506,8 @@ def markdown(result: dict, keys: list[str]) -> str:
              f"Machine: {info['device']}, {info['cpu_count']} cores, torch {info['torch']} with "
              f"{info['torch_threads']} threads, float32. Import of the engine: {info['import_seconds']:.2f} s. "
              "Times are in-process: ours = prepare + fit + decode; coordinate baselines = fit + decode on the "
-             "same prepared case (their context points); Fill between slices = crop + interpolation; "
+             "same region and frame, with context points drawn evenly from every annotated slice; "
+             "Fill between slices = crop + interpolation; "
              "times exclude fallbacks. "
              "HD95/ASD: MONAI, mm; n/a where a completion is empty. Fallbacks: inputs of a single slice, "
              "which the INR methods refuse; their completion is then the sparse input."]

@@ -237,7 +237,7 @@ def run_train_shape(args) -> dict:
         split = {"train": "npz train split (all)", "validation": "npz val split (the last --max-val shapes)"}
     elif args.dataset == "hn-oar":
         train_scans, val_scans = hn_split(args.data, n_val=args.val_scans, seed=args.split_seed)
-        train = hn_shapes(args.data, train_scans, cache_dir=args.cache_dir)
+        train = hn_shapes(args.data, train_scans, organs=args.organs, cache_dir=args.cache_dir)
         val = hn_shapes(args.data, val_scans, raters=("oncologist",), organs=HN_VALIDATION_ORGANS,
                         cache_dir=args.cache_dir)
         settings = [("axial", 8), ("axial", 4)]
@@ -499,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
     ts.add_argument("--log", help="JSON-lines training log")
     ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")
+    ts.add_argument("--organs", nargs="+", help="hn-oar: train on these organs only (default: all 21)")
     ts.add_argument("--description")
     ts.set_defaults(func=run_train_shape)
 
