@@ -69,6 +69,9 @@ class ShapeConfig:
     held_out_slices: int = 0  # held-out context from at most this many annotated slices (0: all); each costs
     # a new slice evidence (and an encoder pass) without that slice
 
+    def __post_init__(self):
+        self.encoder_channels = tuple(int(c) for c in self.encoder_channels)  # JSON metadata gives a list
+
     @property
     def evidence_features(self) -> int:
         return NUM_FEATURES + (1 if self.encoder_channels else 0)
