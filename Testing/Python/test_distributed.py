@@ -157,6 +157,16 @@ def test_ddp_equals_single_process_on_both_ranks_tasks(ddp_run):
         torch.testing.assert_close(v, final0[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def _cli_under_torchrun(cwd, args: list[str]) -> subprocess.CompletedProcess:
+    """``inr-engine ARGS`` in two gloo processes launched by torchrun (one thread each)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo") if sys.platform.startswith("linux") else None
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "inr_engine.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
 def test_segmentation_priors_train_under_torchrun(tmp_path):
     """``inr-engine train nisf`` (auto-decoder, then meta-learning) in two gloo processes writes one usable prior."""
     from inr_engine.priors import BUNDLED_DIR, load_prior
@@ -167,16 +177,11 @@ def test_segmentation_priors_train_under_torchrun(tmp_path):
     for stem in ("hippocampus_004", "hippocampus_007"):
         for sub, kind in (("images", "image"), ("labels", "labels")):
             (tmp_path / "data" / sub / f"{stem}.nii.gz").write_bytes((samples / f"{stem}_{kind}.nii.gz").read_bytes())
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo") if sys.platform.startswith("linux") else None
     out = tmp_path / "prior.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "inr_engine.cli", "train", "nisf",
+    proc = _cli_under_torchrun(tmp_path, ["train", "nisf",
            "--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--latent-steps", "2", "--batch", "1",
            "--val", "1", "--threads", "1", "--classes", "background", "anterior", "posterior", "--config",
-           "latent_size=8", "hidden_features=16", "hidden_layers=1", "points=128", "fit_points=256", "inner_steps=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+           "latent_size=8", "hidden_features=16", "hidden_layers=1", "points=128", "fit_points=256", "inner_steps=1"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     prior = load_prior(out, task="segmentation/nisf")
     assert prior.metadata["training_steps"] == {"auto_decoder": 2, "latent_meta": 2}
@@ -192,17 +197,12 @@ def test_shape_prior_with_context_encoder_trains_under_torchrun(tmp_path):
     (tmp_path / "labels").mkdir()
     for name in ("adrenal_val000_full.nii.gz", "adrenal_val001_full.nii.gz"):
         (tmp_path / "labels" / name).write_bytes((samples / name).read_bytes())
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo") if sys.platform.startswith("linux") else None
     out = tmp_path / "prior.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "inr_engine.cli", "train", "shape",
+    proc = _cli_under_torchrun(tmp_path, ["train", "shape",
            "--dataset", "labels", "--data", str(tmp_path / "labels"), "--out", str(out), "--steps", "2",
            "--meta-batch", "1", "--max-val", "1", "--threads", "1", "--encoder-steps", "50", "--encoder-batch", "1",
            "--encoder-time-limit", "0.001", "--config", "encoder_channels=4,8", "hidden_features=16",
-           "hidden_layers=1", "context_points=128", "target_points=256", "inner_steps=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+           "hidden_layers=1", "context_points=128", "target_points=256", "inner_steps=1"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert '"stage": "encoder", "step": 1,' in proc.stdout  # both ranks stopped after the first step
     prior = load_prior(out, task="shape_completion")
