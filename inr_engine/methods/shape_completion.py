@@ -397,6 +397,9 @@ def _split(tensors: dict[str, torch.Tensor], model: nn.Module):
     return {k: tensors[f"init.{k}"] for k in names}, {k: tensors[f"step_size.{k}"] for k in names}
 
 
+ENCODER_PREFIX = "encoder."  # the context encoder's weights in a prior file
+
+
 def _load_encoder(prior: Prior, cfg: ShapeConfig) -> SliceEncoder | None:
     if not cfg.encoder_channels:
         return None
@@ -409,8 +412,6 @@ def _load_encoder(prior: Prior, cfg: ShapeConfig) -> SliceEncoder | None:
                          f"(channels {list(cfg.encoder_channels)}): {str(exc).splitlines()[0]}") from exc
     return encoder
 
-
-ENCODER_PREFIX = "encoder."
 
 
 def prior_tensors(learner: MetaLearner, encoder: SliceEncoder | None = None) -> dict[str, torch.Tensor]:
