@@ -41,6 +41,15 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when it is true on any (ranks that stop on a time limit stop together)."""
+    if world == 1:
+        return flag
+    value = torch.tensor(float(flag))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: TaskLoss, steps: int, lr: float,
                device: torch.device, validate: Callable[[MetaLearner], dict] | None = None,
                validate_every: int = 250, log: Callable[[dict], None] | None = None,

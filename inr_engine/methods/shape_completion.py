@@ -102,17 +102,21 @@ class OccupancyINR(nn.Module):
         return logit if self.gamma is None else logit + self.gamma * evidence[..., -1]
 
 
+def bce_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice; one value per task (last dim = points)."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
+    prob = torch.sigmoid(logits)
+    return bce + 1 - (2 * (prob * labels).sum(-1) + 1) / (prob.sum(-1) + labels.sum(-1) + 1)
+
+
 def occupancy_loss(logits: torch.Tensor, labels: torch.Tensor, params: dict[str, torch.Tensor],
                    weight_decay: float) -> torch.Tensor:
     """BCE + soft Dice + ``weight_decay`` * mean squared weight; one value per task (last dim = points)."""
-    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
-    prob = torch.sigmoid(logits)
-    dice = 1 - (2 * (prob * labels).sum(-1) + 1) / (prob.sum(-1) + labels.sum(-1) + 1)
     weights = [p for k, p in params.items() if k.endswith("weight")]
     lead = logits.shape[:-1]
     sq = sum(p.pow(2).reshape(*lead, -1).sum(-1) for p in weights)
     count = sum(p[(0,) * len(lead)].numel() if lead else p.numel() for p in weights)
-    return bce + dice + weight_decay * sq / count
+    return bce_dice_loss(logits, labels) + weight_decay * sq / count
 
 
 # --------------------------------------------------------------------------- a case to complete

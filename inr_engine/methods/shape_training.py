@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from scipy import ndimage
 
 from ..datasets import Shape
@@ -20,11 +19,12 @@ from ..frames import spacing
 from ..meta import MetaLearner
 from ..metrics import dice
 from ..priors import save_prior
-from ..train import distributed_context, json_logger, train_meta
+from ..train import any_rank, distributed_context, json_logger, train_meta
 from .shape_completion import (
     OccupancyINR,
     ShapeCompleter,
     ShapeConfig,
+    bce_dice_loss,
     collate,
     occupancy_loss,
     prior_metadata,
@@ -160,13 +160,6 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
     return grid.features(evidence), torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))
 
 
-def encoder_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice over one grid (the occupancy loss without weight decay)."""
-    prob = torch.sigmoid(logits)
-    dice_loss = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss
-
-
 def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, batch: int, lr: float, seed: int,
                         device: torch.device, time_limit_s: float | None = None, data_workers: int = 1,
                         log=None) -> SliceEncoder:
@@ -189,7 +182,7 @@ def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, bat
         for step in range(1, steps + 1):
             opt.zero_grad(set_to_none=True)
             for features, target in stream():
-                loss = encoder_loss(encoder(features[None].to(device))[0], target.to(device)) / batch
+                loss = bce_dice_loss(encoder(features[None].to(device)).flatten(), target.to(device).flatten()) / batch
                 loss.backward()
                 running += float(loss.detach())
             since_log += 1
@@ -199,7 +192,7 @@ def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, bat
                     p.grad /= world
             opt.step()
             sched.step()
-            out_of_time = _agree(time_limit_s is not None and time.perf_counter() - start > time_limit_s, world)
+            out_of_time = any_rank(time_limit_s is not None and time.perf_counter() - start > time_limit_s, world)
             if rank == 0 and log is not None and (step % 50 == 0 or step == steps or out_of_time):
                 log({"stage": "encoder", "step": step, "train_loss": running / since_log,
                      "seconds": time.perf_counter() - start})
@@ -207,15 +200,6 @@ def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, bat
             if out_of_time:
                 break
     return encoder.cpu().eval().requires_grad_(False)
-
-
-def _agree(flag: bool, world: int) -> bool:
-    """True on every rank when it is true on any."""
-    if world == 1:
-        return flag
-    value = torch.tensor(float(flag))
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, out: str | Path, *, steps: int,
