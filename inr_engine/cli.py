@@ -224,13 +224,13 @@ def run_train_shape(args) -> dict:
     import torch
 
     from .datasets import adrenal_shapes, hn_shapes, hn_split, label_directory_shapes
-    from .methods.shape_completion import ShapeConfig
     from .methods.shape_training import train_shape_prior
+    from .priors import sha256
     from .runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = ShapeConfig(**_config_overrides(args.config, ShapeConfig))
+    init, cfg = _shape_training_start(args)
     if args.dataset == "adrenalmnist3d":
         train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
         settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
@@ -255,13 +255,36 @@ def run_train_shape(args) -> dict:
         val = val[-args.max_val:] if args.dataset == "adrenalmnist3d" else val[: args.max_val]
     training = {"dataset": args.dataset, "data": str(args.data), "shapes_train": len(train),
                 "shapes_val": len(val), "split": split, "command": " ".join(sys.argv)}
+    if init is not None:
+        training["continued_from"] = {"prior": init.prior.name, "sha256": sha256(init.prior.path),
+                                      "training": init.prior.metadata.get("training", {}),
+                                      "training_steps": init.prior.metadata.get("training_steps")}
     return train_shape_prior(train, val, cfg, args.out, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
                              seed=args.seed, device=resolve_device(args.device), settings=settings,
                              description=args.description or f"shape completion prior ({args.dataset})",
                              training_data=training, log_path=args.log, time_limit_s=args.time_limit,
                              data_workers=args.data_workers, encoder_steps=args.encoder_steps,
                              encoder_time_limit_s=args.encoder_time_limit, encoder_batch=args.encoder_batch,
-                             encoder_lr=args.encoder_lr)
+                             encoder_lr=args.encoder_lr, init=init)
+
+
+def _shape_training_start(args):
+    """(prior to continue or None, configuration): ``--init``'s configuration with ``--config``
+    changes that keep its architecture, or the defaults with ``--config``."""
+    from dataclasses import asdict
+
+    from .methods.shape_completion import ShapeCompleter, ShapeConfig, prior_metadata
+    from .priors import load_prior
+
+    overrides = _config_overrides(args.config, ShapeConfig)
+    if not args.init:
+        return None, ShapeConfig(**overrides)
+    init = ShapeCompleter.from_prior(load_prior(args.init, task="shape_completion"))
+    cfg = ShapeConfig(**{**asdict(init.cfg), **overrides})
+    if prior_metadata(cfg)["architecture"] != init.prior.metadata["architecture"]:
+        raise UsageError(f"--config {' '.join(args.config or [])}: changes the architecture of --init {args.init}; "
+                         "only training settings may change when a prior's training continues")
+    return init, cfg
 
 
 def run_train_segmentation(args) -> dict:
@@ -497,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--encoder-time-limit", type=float, help="stop the context encoder's training after this many s")
     ts.add_argument("--encoder-batch", type=int, default=4, help="context encoder: examples per step")
     ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
+    ts.add_argument("--init", help="continue training this prior (name or file): its configuration and weights are "
+                                   "the start; --encoder-steps 0 keeps its context encoder")
     ts.add_argument("--log", help="JSON-lines training log")
     ts.add_argument("--cache-dir", help="hn-oar: keep cropped masks here (reading the full masks is slow)")
     ts.add_argument("--organs", nargs="+", help="hn-oar: train on these organs only (default: all 21)")

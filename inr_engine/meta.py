@@ -82,6 +82,15 @@ class MetaLearner(nn.Module):
             return {k: self.inner_lr for k in self.adapted}
         return {k: self.inner_lrs[_key(k)] for k in self.adapted}
 
+    def load_initialisation(self, init: Params, step_sizes: Params) -> None:
+        """Start from a saved initialisation and inner step sizes (the inverse of saving
+        ``model.named_parameters()`` and :meth:`step_sizes`); shapes must match."""
+        with torch.no_grad():
+            for k, p in self.model.named_parameters():
+                p.copy_(init[k])
+            for k, size in self.step_sizes().items():
+                size.copy_(step_sizes[k] if self.inner_lrs is not None else step_sizes[k].flatten()[0])
+
     def adapt(self, params: Params, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, loss_fn: TaskLoss,
               steps: int | None = None, create_graph: bool | None = None) -> Params:
         """``steps`` inner SGD steps on every task of the batch at once; returns adapted params."""

@@ -8,6 +8,7 @@ logs and writes files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -41,13 +42,38 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def any_rank(flag: bool, world: int) -> bool:
-    """True on every rank when it is true on any (ranks that stop on a time limit stop together)."""
-    if world == 1:
-        return flag
-    value = torch.tensor(float(flag))
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+class TrainingBudget:
+    """How far a run is through its budget: its steps or its time limit, whichever ends first.
+
+    The learning rate follows a cosine over this progress, so a run cut short by its time limit
+    still anneals. Under ``torchrun`` the ranks agree on the furthest rank's progress: they use
+    the same learning rate and stop at the same step.
+    """
+
+    def __init__(self, steps: int, time_limit_s: float | None = None, floor: float = 0.05):
+        self.steps, self.time_limit_s, self.floor = steps, time_limit_s, floor
+        self.world = distributed_context()[1]
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def progress(self, steps_done: int) -> float:
+        """In [0, 1]; 1 means stop."""
+        progress = steps_done / max(self.steps, 1)
+        if self.time_limit_s is not None:
+            progress = max(progress, self.seconds() / max(self.time_limit_s, 1e-9))
+            if self.world > 1:
+                value = torch.tensor(progress)
+                dist.all_reduce(value, op=dist.ReduceOp.MAX)
+                progress = float(value)
+        return min(progress, 1.0)
+
+    def set_lr(self, opt: torch.optim.Optimizer, progress: float) -> None:
+        """Each parameter group's rate: a cosine from its initial rate to ``floor`` times it."""
+        factor = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
 def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: TaskLoss, steps: int, lr: float,
@@ -66,24 +92,23 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
     learner.to(device)
     model = DistributedDataParallel(learner) if world > 1 else learner
     opt = torch.optim.Adam(learner.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    budget = TrainingBudget(steps, time_limit_s)
     result = TrainResult(0, 0.0)
-    start = time.perf_counter()
-    running, since_log = 0.0, 0
+    running, since_log, progress = 0.0, 0, 0.0
     for step in range(1, steps + 1):
+        budget.set_lr(opt, progress)
         ctx, tgt = _to(next_batch(), device)
         loss = model(ctx, tgt, loss_fn, inner_loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(learner.parameters(), 1.0)
         opt.step()
-        sched.step()
         running += float(loss.detach())
         since_log += 1
         result.steps = step
-        out_of_time = time_limit_s is not None and time.perf_counter() - start > time_limit_s
-        if rank == 0 and (step % validate_every == 0 or step == steps or out_of_time):
-            entry = {"step": step, "train_loss": running / since_log, "seconds": time.perf_counter() - start}
+        progress = budget.progress(step)
+        if rank == 0 and (step % validate_every == 0 or progress >= 1):
+            entry = {"step": step, "train_loss": running / since_log, "seconds": budget.seconds()}
             running, since_log = 0.0, 0
             if validate is not None:
                 entry.update(validate(learner))
@@ -94,9 +119,9 @@ def train_meta(learner: MetaLearner, next_batch: Callable[[], tuple], loss_fn: T
             result.history.append(entry)
             if log is not None:
                 log(entry)
-        if out_of_time:
+        if progress >= 1:
             break
-    result.seconds = time.perf_counter() - start
+    result.seconds = budget.seconds()
     if world > 1:
         dist.barrier()
     return result

@@ -16,7 +16,7 @@ from inr_engine.methods.shape_completion import OccupancyINR, occupancy_loss
 from inr_engine.methods.shape_training import draw_meta_batch
 from inr_engine.networks import Siren
 from inr_engine.runtime import seed_everything
-from inr_engine.train import train_meta
+from inr_engine.train import TrainingBudget, train_meta
 
 TASKS, POINTS = 3, 64
 
@@ -321,3 +321,38 @@ def test_train_meta_reports_mean_loss_of_a_short_final_interval(tiny_cfg, synthe
     result = train_meta(learner, lambda: batch, loss_fn, steps=4, lr=0.0, device=torch.device("cpu"),
                         validate_every=250)
     assert result.history[-1]["train_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_budget_anneals_like_cosine_over_steps_and_over_time(monkeypatch):
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    reference = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=10, eta_min=0.05e-3)
+    budget = TrainingBudget(10)
+    for step in range(10):
+        budget.set_lr(opt, budget.progress(step))
+        assert opt.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"])
+        reference.step()
+        sched.step()
+    assert budget.progress(10) == 1.0
+
+    clock = iter([0.0, 30.0, 60.0, 61.0])
+    monkeypatch.setattr("inr_engine.train.time.perf_counter", lambda: next(clock))
+    timed = TrainingBudget(1000, time_limit_s=60.0)  # starts at 0 s
+    assert timed.progress(1) == pytest.approx(0.5)  # 30 s of 60: half way, whatever the step count
+    timed.set_lr(opt, timed.progress(2))  # 60 s: the end of the budget, the lowest rate
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05e-3) and timed.progress(3) == 1.0
+
+
+def test_learner_resumes_from_its_saved_initialisation(tiny_cfg):
+    learner = MetaLearner(OccupancyINR(tiny_cfg), "metasgd", 1, 0.01)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(torch.randn_like(p))
+    init = {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+    sizes = {k: v.detach().clone() for k, v in learner.step_sizes().items()}
+    fresh = MetaLearner(OccupancyINR(tiny_cfg), "metasgd", 1, 0.01)
+    fresh.load_initialisation(init, sizes)
+    for k, p in fresh.model.named_parameters():
+        assert torch.equal(p, init[k])
+    for k, s in fresh.step_sizes().items():
+        assert torch.equal(s, sizes[k])

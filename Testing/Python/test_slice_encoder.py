@@ -15,7 +15,7 @@ from inr_engine.methods.shape_completion import ShapeCompleter, ShapeConfig, pre
 from inr_engine.methods.slice_encoder import GRID_MULTIPLE, EncodedEvidence, EvidenceGrid, SliceEncoder
 from inr_engine.methods.slices import NUM_FEATURES, SliceEvidence, sparsify
 from inr_engine.metrics import dice
-from inr_engine.priors import PriorError, load_prior, save_prior
+from inr_engine.priors import PriorError, load_prior, save_prior, sha256
 
 
 def test_grid_sits_on_voxels_at_the_volume_spacing_and_pads_to_a_multiple():
@@ -140,3 +140,25 @@ def test_training_windows_stay_on_the_grid():
     assert np.allclose(offset, np.round(offset)) and np.all(offset >= 0)
     assert np.all(offset + window.dims <= grid.dims)
     assert grid.window(128, np.random.default_rng(0)) is grid
+
+
+def test_cli_continues_training_a_prior(encoded_prior, tmp_path):
+    data = tmp_path / "labels"
+    data.mkdir()
+    shutil.copy(SAMPLES_DIR / "adrenal_val000_full.nii.gz", data / "a.nii.gz")
+    shutil.copy(SAMPLES_DIR / "adrenal_val001_full.nii.gz", data / "b.nii.gz")
+    common = ["train", "shape", "--dataset", "labels", "--data", str(data), "--init", str(encoded_prior),
+              "--steps", "1", "--meta-batch", "2", "--max-val", "1"]
+    out = tmp_path / "continued.safetensors"
+    assert main([*common, "--out", str(out), "--encoder-steps", "0", "--config", "every_max=6"]) == 0
+    start, continued = load_prior(encoded_prior), load_prior(out)
+    encoder = [k for k in start.tensors if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(start.tensors[k], continued.tensors[k]) for k in encoder), \
+        "--encoder-steps 0 keeps the encoder"
+    assert continued.metadata["config"]["every_max"] == 6
+    assert continued.metadata["config"]["hidden_features"] == start.metadata["config"]["hidden_features"]
+    assert continued.metadata["training"]["continued_from"]["sha256"] == sha256(encoded_prior)
+
+    wider = tmp_path / "wider.safetensors"
+    assert main([*common, "--out", str(wider), "--config", "hidden_features=32"]) != 0
+    assert not wider.exists(), "an architecture change is refused before anything is written"

@@ -19,7 +19,7 @@ from ..metrics import dice
 from ..priors import load_prior, save_prior
 from ..runtime import seed_everything
 from ..segment import segment_image
-from ..train import distributed_context, json_logger, train_meta
+from ..train import TrainingBudget, distributed_context, json_logger, train_meta
 from . import metaseg, nisf
 from .segmentation import Segmenter, TrainingVolumes
 
@@ -197,21 +197,21 @@ def _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_l
     model = DistributedDataParallel(decoder) if world > 1 else decoder
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": lr},
                             {"params": [decoder.latents], "lr": cfg.latent_lr}])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.05 * lr)
-    start, running = time.perf_counter(), 0.0
+    budget = TrainingBudget(steps, time_limit_s)
+    running, progress = 0.0, 0.0
     for step in range(1, steps + 1):
+        budget.set_lr(opt, progress)
         loss = model(*(t.to(device) for t in nisf.sample_batch(data, cfg, rng, batch)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         running += float(loss.detach())
-        out_of_time = time_limit_s is not None and time.perf_counter() - start > time_limit_s
-        if rank == 0 and (step % 100 == 0 or step == steps or out_of_time):
+        progress = budget.progress(step)
+        if rank == 0 and (step % 100 == 0 or progress >= 1):
             log({"stage": "auto-decoder", "step": step, "loss": running / (step % 100 or 100),
-                 "seconds": time.perf_counter() - start})
+                 "seconds": budget.seconds()})
             running = 0.0
-        if out_of_time:
+        if progress >= 1:
             break
     net.latent.requires_grad_(True)
     return decoder.latents.detach()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..frames import spacing
 from ..meta import MetaLearner
 from ..metrics import dice
 from ..priors import save_prior
-from ..train import any_rank, distributed_context, json_logger, train_meta
+from ..train import TrainingBudget, distributed_context, json_logger, train_meta
 from .shape_completion import (
     OccupancyINR,
     ShapeCompleter,
@@ -162,24 +161,28 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
 
 def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, batch: int, lr: float, seed: int,
                         device: torch.device, time_limit_s: float | None = None, data_workers: int = 1,
-                        log=None) -> SliceEncoder:
-    """Supervised training of the context encoder on simulated sparse slices (Adam, cosine decay).
+                        log=None, init: SliceEncoder | None = None) -> SliceEncoder:
+    """Supervised training of the context encoder on simulated sparse slices (Adam, cosine decay
+    over the steps or the time limit), from scratch or from ``init``.
 
-    Under ``torchrun`` the ranks draw their own examples and average their gradients; they stop
-    together at the first rank's time limit.
+    Under ``torchrun`` the ranks draw their own examples and average their gradients.
     """
     rank, world = distributed_context()
     torch.manual_seed(seed)
-    encoder = SliceEncoder(cfg.encoder_channels).to(device)
+    encoder = SliceEncoder(cfg.encoder_channels)
+    if init is not None:
+        encoder.load_state_dict(init.state_dict())
+    encoder.to(device).train().requires_grad_(True)
     opt = torch.optim.Adam(encoder.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
-    start, running, since_log = time.perf_counter(), 0.0, 0
+    budget = TrainingBudget(steps, time_limit_s)
+    running, since_log, progress = 0.0, 0, 0.0
 
     def draw(rng):
         return _draw(train, rng, batch, lambda shape: encoder_task(shape, cfg, rng))
 
     with TaskStream(draw, seed + 7919 + rank, data_workers) as stream:
         for step in range(1, steps + 1):
+            budget.set_lr(opt, progress)
             opt.zero_grad(set_to_none=True)
             for features, target in stream():
                 loss = bce_dice_loss(encoder(features[None].to(device)).flatten(), target.to(device).flatten()) / batch
@@ -191,13 +194,11 @@ def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, bat
                     dist.all_reduce(p.grad)
                     p.grad /= world
             opt.step()
-            sched.step()
-            out_of_time = any_rank(time_limit_s is not None and time.perf_counter() - start > time_limit_s, world)
-            if rank == 0 and log is not None and (step % 50 == 0 or step == steps or out_of_time):
-                log({"stage": "encoder", "step": step, "train_loss": running / since_log,
-                     "seconds": time.perf_counter() - start})
+            progress = budget.progress(step)
+            if rank == 0 and log is not None and (step % 50 == 0 or progress >= 1):
+                log({"stage": "encoder", "step": step, "train_loss": running / since_log, "seconds": budget.seconds()})
                 running, since_log = 0.0, 0
-            if out_of_time:
+            if progress >= 1:
                 break
     return encoder.cpu().eval().requires_grad_(False)
 
@@ -207,20 +208,26 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
                       description: str, training_data: dict, log_path: str | Path | None = None,
                       time_limit_s: float | None = None, data_workers: int = 1, encoder_steps: int = 3000,
                       encoder_time_limit_s: float | None = None, encoder_batch: int = 4,
-                      encoder_lr: float = 1e-3) -> dict:
+                      encoder_lr: float = 1e-3, init: ShapeCompleter | None = None) -> dict:
     """Meta-train a shape prior and write the best validated state to ``out``.
 
     With ``cfg.encoder_channels``, the context encoder is trained first (``encoder_*``) and is
-    frozen while the INR is meta-learned on evidence that includes it.
+    frozen while the INR is meta-learned on evidence that includes it. ``init`` (a loaded prior
+    of the same architecture) continues its training: both stages start from its weights, and
+    ``encoder_steps=0`` keeps its encoder as it is.
     """
     log = json_logger(log_path)
-    encoder = None
-    if cfg.encoder_channels:
+    encoder = None if init is None else init.encoder
+    if cfg.encoder_channels and (encoder is None or encoder_steps > 0):
+        if encoder is None and encoder_steps < 1:
+            raise ValueError("a new context encoder needs encoder_steps > 0")
         encoder = train_slice_encoder(train, cfg, steps=encoder_steps, batch=encoder_batch, lr=encoder_lr, seed=seed,
                                       device=device, time_limit_s=encoder_time_limit_s, data_workers=data_workers,
-                                      log=log)
+                                      log=log, init=encoder)
     torch.manual_seed(seed)
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
+    if init is not None:
+        learner.load_initialisation(init.init, init.step_sizes)
 
     def loss_fn(logits, labels, params):
         return occupancy_loss(logits, labels, params, cfg.weight_decay)
