@@ -33,7 +33,7 @@ ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64
 # (inr_engine.datasets.hn_split), oncologist masks of the parotids, mandible, brainstem and
 # spinal cord (the first 15, three scans, scored during training). Gaps of 4-24 mm in training
 # cover every 2nd-10th 2.5 mm slice. The context encoder runs on a 2 mm grid; it trains first
-# (20 min), then the INR is meta-learned (20 min); a second run continues both (35 and 12 min).
+# (20 min), then the INR is meta-learned (20 min); a second run continues both (42 and 12 min).
 HN_ORGANS=(Brainstem Cochlea-Lt Cochlea-Rt Lacrimal-Lt Lacrimal-Rt Lens-Lt Lens-Rt Mandible Optic-Nerve-Lt
            Optic-Nerve-Rt Orbit-Lt Orbit-Rt Parotid-Lt Parotid-Rt Spinal-Canal Spinal-Cord Submandibular-Lt
            Submandibular-Rt)
@@ -45,7 +45,7 @@ HN=(--dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache --org
              every_min=4 every_max=24 adam_lr=3e-6 encoder_channels=16,32,64 encoder_pitch_mm=2 held_out_slices=2 \
     "${HN[@]}" --out runs/hn_stage1.safetensors --log runs/hn.jsonl \
   && inr-engine train shape --init runs/hn_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
-    --data-workers 2 --lr 1e-4 --steps 240 --time-limit 720 --encoder-steps 4000 --encoder-time-limit 2100 \
+    --data-workers 2 --lr 1e-4 --steps 240 --time-limit 720 --encoder-steps 6000 --encoder-time-limit 2500 \
     --encoder-lr 5e-4 "${HN[@]}" --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl
 
 # Hippocampus (MSD Task04): 40 subjects held out for the benchmark (split seed 0), 12 of the
