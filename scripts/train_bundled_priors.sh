@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Re-trains the bundled priors exactly as shipped: the two shape-completion priors (2 CPU cores,
-# 50 and 40 minutes) and the two hippocampus segmentation priors (one core each, 60 and 20
-# minutes beside other jobs). Time limits stop training, so the step reached depends on the
-# machine. The commands also run on a GPU with --device cuda, or on several with torchrun.
+# Re-trains the bundled priors with the commands that trained the shipped ones: the two
+# shape-completion priors (2 CPU cores, about 90 minutes each, in two runs) and the two hippocampus
+# segmentation priors (one core each, 60 and 20 minutes beside other jobs). Time limits stop
+# training, so the step reached depends on the machine; the learning rate anneals over the time
+# limit when it ends a stage first (the shipped shape priors' first runs predate that: their rate
+# followed the step count, so the head-and-neck encoder stopped at step 887 of 1500 half-annealed).
+# The commands also run on a GPU with --device cuda, or on several with torchrun.
 # Pick some with ONLY="metaseg nisf" (default: all; ONLY=refine adds the refiner to the existing MetaSeg prior).
 # Data: ../shared/data (see its README). Logs go to runs/ (git-ignored).
 set -euo pipefail

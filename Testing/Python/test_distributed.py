@@ -201,8 +201,9 @@ def test_shape_prior_with_context_encoder_trains_under_torchrun(tmp_path):
     out = tmp_path / "prior.safetensors"
     proc = _cli_under_torchrun(tmp_path, ["train", "shape",
            "--dataset", "labels", "--data", str(tmp_path / "labels"), "--out", str(out), "--steps", "50",
-           "--time-limit", "0.001", "--meta-batch", "1", "--max-val", "1", "--threads", "1", "--encoder-steps", "50", "--encoder-batch", "1",
-           "--encoder-time-limit", "0.001", "--config", "encoder_channels=4,8", "hidden_features=16",
+           "--time-limit", "0.001", "--meta-batch", "1", "--max-val", "1", "--threads", "1",
+           "--encoder-steps", "50", "--encoder-batch", "1", "--encoder-time-limit", "0.001",
+           "--config", "encoder_channels=4,8", "hidden_features=16",
            "hidden_layers=1", "context_points=128", "target_points=256", "inner_steps=1"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert '"stage": "encoder", "step": 1,' in proc.stdout  # both ranks stopped after the first step
