@@ -33,7 +33,7 @@ from torch.func import functional_call
 from ..decode import chunk_size, decode_box, labels_on_grid
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
-from ..meta import MetaLearner
+from ..meta import MetaLearner, sub_params
 from ..networks import Siren
 from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, initialisation_tensors, prior_config
 from ..runtime import thread_map
@@ -408,14 +408,12 @@ def _load_encoder(prior: Prior, cfg: ShapeConfig) -> SliceEncoder | None:
     if not cfg.encoder_channels:
         return None
     encoder = SliceEncoder(cfg.encoder_channels)
-    state = {k.removeprefix(ENCODER_PREFIX): v for k, v in prior.tensors.items() if k.startswith(ENCODER_PREFIX)}
     try:
-        encoder.load_state_dict(state)
+        encoder.load_state_dict(sub_params(prior.tensors, ENCODER_PREFIX))
     except RuntimeError as exc:
         raise PriorError(f"{prior.path}: its context encoder does not match its configuration "
                          f"(channels {list(cfg.encoder_channels)}): {str(exc).splitlines()[0]}") from exc
     return encoder
-
 
 
 def prior_tensors(learner: MetaLearner, encoder: SliceEncoder | None = None) -> dict[str, torch.Tensor]:
