@@ -12,15 +12,17 @@ import torch
 from inr_engine.cli import SAMPLES_DIR, main
 from inr_engine.io import read_volume
 from inr_engine.methods.shape_completion import ShapeCompleter, ShapeConfig, prepare_case
-from inr_engine.methods.slice_encoder import GRID_MULTIPLE, EncodedEvidence, EvidenceGrid, SliceEncoder
+from inr_engine.methods.slice_encoder import EncodedEvidence, EvidenceGrid, SliceEncoder, grid_multiple
 from inr_engine.methods.slices import NUM_FEATURES, SliceEvidence, sparsify
 from inr_engine.metrics import dice
 from inr_engine.priors import PriorError, load_prior, save_prior, sha256
 
 
-def test_grid_sits_on_voxels_at_the_volume_spacing_and_pads_to_a_multiple():
-    grid = EvidenceGrid(np.array([3, 5, 7]), np.array([13, 16, 22]), np.ones(3), 1.0)
-    assert all(d % GRID_MULTIPLE == 0 and d >= n for d, n in zip(grid.dims, (10, 11, 15)))
+@pytest.mark.parametrize("channels", [(16, 32, 64), (16, 32, 64, 64, 64)])
+def test_grid_sits_on_voxels_at_the_volume_spacing_and_pads_to_a_multiple(channels):
+    multiple = grid_multiple(channels)
+    grid = EvidenceGrid(np.array([3, 5, 7]), np.array([13, 16, 22]), np.ones(3), 1.0, multiple)
+    assert all(d % multiple == 0 and d >= n for d, n in zip(grid.dims, (10, 11, 15)))
     assert np.allclose(grid.lo, np.round(grid.lo)), "a 1 mm grid on a 1 mm volume must hit voxel centres"
     values = np.random.default_rng(0).random(grid.dims)
     idx = np.array([[0, 0, 0], [3, 5, 2], [grid.dims[0] - 1, 1, grid.dims[2] - 1]])
@@ -123,10 +125,12 @@ def test_encoder_training_example_is_aligned_and_physical(ellipsoid):
     from inr_engine.methods.shape_training import encoder_task
 
     mask, affine = ellipsoid  # 0.8 x 1.2 x 2.0 mm voxels, oblique
-    cfg = ShapeConfig(encoder_channels=(4, 8), mixed_orientation_prob=0.0)
+    cfg = ShapeConfig(encoder_channels=(4, 8, 8, 8), mixed_orientation_prob=0.0)
     features, target = encoder_task(Shape(mask, affine, "ellipsoid"), cfg, np.random.default_rng(0))
+    logits = SliceEncoder(cfg.encoder_channels)(features[None])
+    assert logits.shape[1:] == features.shape[1:], "the U-Net keeps the grid"
     assert features.shape == (NUM_FEATURES, *target.shape)
-    assert all(d % GRID_MULTIPLE == 0 for d in target.shape)
+    assert all(d % grid_multiple(cfg.encoder_channels) == 0 for d in target.shape)
     assert dice(features[-1].numpy() < 0, target.numpy() > 0.5) > 0.8, "target and evidence must share the grid"
     voxel_mm3 = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))
     assert float(target.sum()) == pytest.approx(mask.sum() * voxel_mm3, rel=0.05), "1 mm grid: volume in mm^3"

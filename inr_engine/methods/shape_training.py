@@ -32,7 +32,7 @@ from .shape_completion import (
     sample_task,
     simulate_sparse,
 )
-from .slice_encoder import EvidenceGrid, SliceEncoder
+from .slice_encoder import EvidenceGrid, SliceEncoder, grid_multiple
 from .slices import SliceError, SliceEvidence, sparsify
 
 
@@ -153,7 +153,8 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
         return None
     sparse, slices = simulated
     evidence = SliceEvidence(sparse, slices, spacing(shape.affine))
-    grid = EvidenceGrid(*region_of_interest(sparse, evidence, cfg.margin_mm), evidence.spacing, cfg.encoder_pitch_mm)
+    grid = EvidenceGrid(*region_of_interest(sparse, evidence, cfg.margin_mm), evidence.spacing, cfg.encoder_pitch_mm,
+                        grid_multiple(cfg.encoder_channels))
     grid = grid.window(ENCODER_TRAINING_SIDE, rng)  # large organs (the brain) train on windows: the U-Net is local
     occupancy = ndimage.map_coordinates(np.asarray(shape.mask, np.float32), grid.points().T, order=1, mode="constant")
     return grid.features(evidence), torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))

@@ -24,15 +24,24 @@ from .slices import NUM_FEATURES, SliceEvidence
 
 ENCODER_LOGIT_SCALE = 8.0  # the encoder's logit enters the INR as clip(logit / scale, -4, 4)
 SDF_GAIN = 4.0  # the encoder's logit = U-Net correction - SDF_GAIN * interpolated signed distance (scaled)
-GRID_MULTIPLE = 4  # grid sides are padded to a multiple of this (two stride-2 levels)
+
+
+def grid_multiple(channels: tuple[int, ...]) -> int:
+    """What an encoder grid's sides are padded to a multiple of: one halving per U-Net level."""
+    return 2 ** (len(channels) - 1)
 
 
 class SliceEncoder(nn.Module):
-    """U-Net from the slice evidence on a grid (NUM_FEATURES channels) to an occupancy logit."""
+    """U-Net from the slice evidence on a grid (NUM_FEATURES channels) to an occupancy logit.
+
+    Each entry of ``channels`` is a level; all but the last halve the grid, so more levels see
+    further (three levels see about 25 grid points, five the whole of a 64-point grid).
+    """
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64)):
         super().__init__()
         channels = tuple(int(c) for c in channels)
+        self.grid_multiple = grid_multiple(channels)
         self.unet = UNet(3, NUM_FEATURES, 1, channels=channels, strides=(2,) * (len(channels) - 1),
                          num_res_units=1)
 
@@ -42,12 +51,13 @@ class SliceEncoder(nn.Module):
 
 
 class EvidenceGrid:
-    """A grid ``lo + n * step`` (voxel index units) over a box, at a given physical pitch."""
+    """A grid ``lo + n * step`` (voxel index units) over a box, at a given physical pitch, its sides
+    padded to a ``multiple`` of points (what the encoder's levels halve)."""
 
-    def __init__(self, lo, hi, spacing_mm: np.ndarray, pitch_mm: float):
+    def __init__(self, lo, hi, spacing_mm: np.ndarray, pitch_mm: float, multiple: int = 4):
         self.step = pitch_mm / np.asarray(spacing_mm, np.float64)
         dims = np.maximum(np.ceil((np.asarray(hi, np.float64) - lo) / self.step), 1).astype(int)
-        self.dims = tuple(int(d) for d in -(-dims // GRID_MULTIPLE) * GRID_MULTIPLE)
+        self.dims = tuple(int(d) for d in -(-dims // multiple) * multiple)
         # pad on both sides by whole steps (a 1 mm grid on a 1 mm volume stays on the voxels)
         self.lo = np.asarray(lo, np.float64) - (np.asarray(self.dims) - dims) // 2 * self.step
 
@@ -97,7 +107,7 @@ class EncodedEvidence:
         self.encoder = encoder
         self.box = (np.asarray(lo), np.asarray(hi))
         self.pitch_mm = pitch_mm
-        self.grid = EvidenceGrid(lo, hi, evidence.spacing, pitch_mm)
+        self.grid = EvidenceGrid(lo, hi, evidence.spacing, pitch_mm, encoder.grid_multiple)
         self.logits = encoder_logits(encoder, evidence, self.grid)
 
     num_features = NUM_FEATURES + 1
