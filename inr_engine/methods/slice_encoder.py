@@ -35,7 +35,7 @@ class SliceEncoder(nn.Module):
     """U-Net from the slice evidence on a grid (NUM_FEATURES channels) to an occupancy logit.
 
     Each entry of ``channels`` is a level; all but the last halve the grid, so more levels see
-    further (three levels see about 25 grid points, five the whole of a 64-point grid).
+    further (the convolutions of three levels see 23 grid points, of five 95).
     """
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64)):
