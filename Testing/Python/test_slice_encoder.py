@@ -30,7 +30,7 @@ def test_grid_sits_on_voxels_at_the_volume_spacing_and_pads_to_a_multiple(channe
 
 
 def test_grid_pitch_is_physical():
-    fine = EvidenceGrid(np.zeros(3), np.array([64, 64, 64]), np.array([0.5, 0.5, 2.0]), 1.0)
+    fine = EvidenceGrid(np.zeros(3), np.array([64, 64, 64]), np.array([0.5, 0.5, 2.0]), 1.0, 4)
     assert np.allclose(fine.step, [2.0, 2.0, 0.5])
     assert fine.dims == (32, 32, 128)
 
@@ -137,7 +137,7 @@ def test_encoder_training_example_is_aligned_and_physical(ellipsoid):
 
 
 def test_training_windows_stay_on_the_grid():
-    grid = EvidenceGrid(np.zeros(3), np.array([100, 30, 70]), np.ones(3), 1.0)
+    grid = EvidenceGrid(np.zeros(3), np.array([100, 30, 70]), np.ones(3), 1.0, 4)
     window = grid.window(64, np.random.default_rng(0))
     assert window.dims == (64, 32, 64)
     offset = (window.lo - grid.lo) / grid.step

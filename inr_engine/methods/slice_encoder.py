@@ -54,7 +54,7 @@ class EvidenceGrid:
     """A grid ``lo + n * step`` (voxel index units) over a box, at a given physical pitch, its sides
     padded to a ``multiple`` of points (what the encoder's levels halve)."""
 
-    def __init__(self, lo, hi, spacing_mm: np.ndarray, pitch_mm: float, multiple: int = 4):
+    def __init__(self, lo, hi, spacing_mm: np.ndarray, pitch_mm: float, multiple: int):
         self.step = pitch_mm / np.asarray(spacing_mm, np.float64)
         dims = np.maximum(np.ceil((np.asarray(hi, np.float64) - lo) / self.step), 1).astype(int)
         self.dims = tuple(int(d) for d in -(-dims // multiple) * multiple)
