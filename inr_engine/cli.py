@@ -265,7 +265,7 @@ def run_train_shape(args) -> dict:
                              training_data=training, log_path=args.log, time_limit_s=args.time_limit,
                              data_workers=args.data_workers, encoder_steps=args.encoder_steps,
                              encoder_time_limit_s=args.encoder_time_limit, encoder_batch=args.encoder_batch,
-                             encoder_lr=args.encoder_lr, init=init)
+                             encoder_lr=args.encoder_lr, encoder_echo=args.encoder_echo, init=init)
 
 
 def _shape_training_start(args):
@@ -520,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--encoder-time-limit", type=float, help="stop the context encoder's training after this many s")
     ts.add_argument("--encoder-batch", type=int, default=4, help="context encoder: examples per step")
     ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
+    ts.add_argument("--encoder-echo", type=int, default=1,
+                    help="context encoder: use each prepared example about this many times (data echoing: on a "
+                         "CPU, preparing examples is slower than training on them)")
     ts.add_argument("--init", help="continue training this prior (name or file): its configuration and weights are "
                                    "the start; --encoder-steps 0 keeps its context encoder")
     ts.add_argument("--log", help="JSON-lines training log")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ from inr_engine.methods.shape_completion import (
     prepare_case,
     region_of_interest,
     sample_task,
+    simulate_sparse,
 )
-from inr_engine.methods.shape_training import TaskStream, draw_meta_batch, protocol_dice
+from inr_engine.methods.shape_training import EchoedBatches, TaskStream, draw_meta_batch, protocol_dice
 from inr_engine.methods.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
@@ -253,6 +255,41 @@ def test_task_stream_with_several_workers_is_reproducible(tiny_cfg, ellipsoid):
 
     for a, b in zip(first_labels(2), first_labels(2)):
         torch.testing.assert_close(a, b)
+
+
+def _task_axes(mask, affine, cfg, n=60):
+    rng = np.random.default_rng(0)
+    tasks = (simulate_sparse(mask, affine, cfg, rng) for _ in range(n))
+    return [tuple(slices) for _, slices in filter(None, tasks)]
+
+
+def test_training_tasks_favour_the_acquisition_axis_of_anisotropic_grids(tiny_cfg, ellipsoid_factory):
+    single = replace(tiny_cfg, mixed_orientation_prob=0.0)
+    mask, thick_k = ellipsoid_factory((24, 24, 12), (7.0, 7.0, 12.0), spacing=(1.0, 1.0, 2.5))
+    assert set(_task_axes(mask, thick_k, replace(single, acquisition_axis_prob=1.0))) == {(2,)}
+    assert set(_task_axes(mask, thick_k, single)) == {(0,), (1,), (2,)}  # the default: uniform
+    iso_mask, iso = ellipsoid_factory()
+    assert set(_task_axes(iso_mask, iso, replace(single, acquisition_axis_prob=1.0))) == {(0,), (1,), (2,)}
+
+
+def test_echoed_batches_use_each_example_about_echo_times():
+    fresh = iter(range(10**6))
+
+    def stream():
+        return [next(fresh) for _ in range(4)]
+
+    plain = EchoedBatches(stream, 4, 1, np.random.default_rng(0))
+    assert [plain(), plain()] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # echo 1: the stream's batches, unchanged
+    echoed = EchoedBatches(stream, 4, 3, np.random.default_rng(0))
+    uses: dict[int, int] = {}
+    for _ in range(3000):
+        batch = echoed()
+        assert len(set(batch)) == 4
+        for x in batch:
+            uses[x] = uses.get(x, 0) + 1
+    assert 2.7 < np.mean(list(uses.values())) < 3.3
+    with pytest.raises(ValueError):
+        EchoedBatches(stream, 4, 0, np.random.default_rng(0))
 
 
 def test_occupancy_loss_per_task(tiny_cfg):

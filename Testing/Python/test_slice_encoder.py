@@ -79,7 +79,8 @@ def encoded_prior(tmp_path_factory):
         shutil.copy(SAMPLES_DIR / name, data / name)
     out = directory / "encoded.safetensors"
     code = main(["train", "shape", "--dataset", "labels", "--data", str(data), "--out", str(out), "--steps", "2",
-                 "--meta-batch", "2", "--encoder-steps", "3", "--encoder-batch", "2", "--max-val", "1",
+                 "--meta-batch", "2", "--encoder-steps", "3", "--encoder-batch", "2", "--encoder-echo", "2",
+                 "--max-val", "1",
                  "--config", "encoder_channels=4,8", "hidden_features=16", "hidden_layers=1", "context_points=256",
                  "target_points=512", "inner_steps=1"])
     assert code == 0 and out.exists()

@@ -58,6 +58,8 @@ class ShapeConfig:
     every_min: int = 3  # training: keep every w-th slice, w in [every_min, every_max]
     every_max: int = 10
     mixed_orientation_prob: float = 0.2
+    acquisition_axis_prob: float = 0.0  # training, anisotropic grids: share of single-axis tasks sliced along the
+    # coarsest-spaced axis (the acquisition plane, where users draw); the rest pick an axis uniformly
     algorithm: str = "metasgd"
     inner_steps: int = 5
     inner_lr: float = 1e-3
@@ -267,12 +269,23 @@ def _inputs(evidence: SliceEvidence | EncodedEvidence, frame: NormalizedFrame, a
 
 
 # --------------------------------------------------------------------------- training tasks
+ANISOTROPIC = 1.2  # a grid whose coarsest spacing is this much above its finest has an acquisition axis
+
+
+def _single_axis(spc: np.ndarray, acquisition_prob: float, rng: np.random.Generator) -> int:
+    """Axis of a single-orientation training task: the acquisition (coarsest-spaced) axis with
+    ``acquisition_prob`` on anisotropic grids, else uniform."""
+    if acquisition_prob > 0 and spc.max() > ANISOTROPIC * spc.min() and rng.random() < acquisition_prob:
+        return int(np.argmax(spc))
+    return int(rng.integers(3))
+
+
 def simulate_sparse(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.random.Generator):
     """Simulated annotation of a full mask: every w-th slice (random w, offset and axes, as the
     config's training ranges say); returns ``(sparse, slices)``, or None when too few slices."""
     mask = np.asarray(mask) > 0
     spc = spacing(affine)
-    axes = [int(rng.integers(3))]
+    axes = [_single_axis(spc, cfg.acquisition_axis_prob, rng)]
     if rng.random() < cfg.mixed_orientation_prob:
         axes = sorted(rng.choice(3, int(rng.integers(2, 4)), replace=False).tolist())
     sparse = np.zeros_like(mask)

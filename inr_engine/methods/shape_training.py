@@ -142,6 +142,34 @@ class TaskStream:
         self.close()
 
 
+class EchoedBatches:
+    """Data echoing (Choi et al., 2019) for a stream of example batches.
+
+    On a CPU, preparing an encoder example (slice evidence, registration) takes longer than a
+    training step on it. With ``echo`` > 1, one fresh batch joins a pool of recent examples every
+    ``echo`` steps and each step draws its batch from the pool, so an example is used about
+    ``echo`` times. ``echo`` = 1 hands the stream's batches through unchanged.
+    """
+
+    POOL_BATCHES = 8  # pool size in batches: large enough that consecutive steps share few examples
+
+    def __init__(self, stream: Callable[[], list], batch: int, echo: int, rng: np.random.Generator):
+        if echo < 1:
+            raise ValueError(f"echo must be >= 1, got {echo}")
+        self.stream, self.batch, self.echo, self.rng = stream, batch, echo, rng
+        self.pool: list = []
+        self.step = 0
+
+    def __call__(self) -> list:
+        self.step += 1
+        if self.echo == 1:
+            return self.stream()
+        if len(self.pool) < self.POOL_BATCHES * self.batch or self.step % self.echo == 0:
+            self.pool = (self.pool + list(self.stream()))[-self.POOL_BATCHES * self.batch:]
+        pick = self.rng.choice(len(self.pool), min(self.batch, len(self.pool)), replace=False)
+        return [self.pool[i] for i in pick]
+
+
 ENCODER_TRAINING_SIDE = 64  # grid points per side of an encoder training example, at most
 
 
@@ -162,9 +190,10 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
 
 def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, batch: int, lr: float, seed: int,
                         device: torch.device, time_limit_s: float | None = None, data_workers: int = 1,
-                        log=None, init: SliceEncoder | None = None) -> SliceEncoder:
+                        log=None, init: SliceEncoder | None = None, echo: int = 1) -> SliceEncoder:
     """Supervised training of the context encoder on simulated sparse slices (Adam, cosine decay
-    over the steps or the time limit), from scratch or from ``init``.
+    over the steps or the time limit), from scratch or from ``init``; each example is used about
+    ``echo`` times (``EchoedBatches``).
 
     Under ``torchrun`` the ranks draw their own examples and average their gradients.
     """
@@ -182,10 +211,11 @@ def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, *, steps: int, bat
         return _draw(train, rng, batch, lambda shape: encoder_task(shape, cfg, rng))
 
     with TaskStream(draw, seed + 7919 + rank, data_workers) as stream:
+        batches = EchoedBatches(stream, batch, echo, np.random.default_rng(seed + 104729 + rank))
         for step in range(1, steps + 1):
             budget.set_lr(opt, progress)
             opt.zero_grad(set_to_none=True)
-            for features, target in stream():
+            for features, target in batches():
                 loss = bce_dice_loss(encoder(features[None].to(device)).flatten(), target.to(device).flatten()) / batch
                 loss.backward()
                 running += float(loss.detach())
@@ -209,7 +239,7 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
                       description: str, training_data: dict, log_path: str | Path | None = None,
                       time_limit_s: float | None = None, data_workers: int = 1, encoder_steps: int = 3000,
                       encoder_time_limit_s: float | None = None, encoder_batch: int = 4,
-                      encoder_lr: float = 1e-3, init: ShapeCompleter | None = None) -> dict:
+                      encoder_lr: float = 1e-3, encoder_echo: int = 1, init: ShapeCompleter | None = None) -> dict:
     """Meta-train a shape prior and write the best validated state to ``out``.
 
     With ``cfg.encoder_channels``, the context encoder is trained first (``encoder_*``) and is
@@ -224,7 +254,7 @@ def train_shape_prior(train: list[Shape], val: list[Shape], cfg: ShapeConfig, ou
             raise ValueError("a new context encoder needs encoder_steps > 0")
         encoder = train_slice_encoder(train, cfg, steps=encoder_steps, batch=encoder_batch, lr=encoder_lr, seed=seed,
                                       device=device, time_limit_s=encoder_time_limit_s, data_workers=data_workers,
-                                      log=log, init=encoder)
+                                      log=log, init=encoder, echo=encoder_echo)
     torch.manual_seed(seed)
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
     if init is not None:
