@@ -445,6 +445,14 @@ def _metadata_change(item: str) -> tuple[str, object]:
 
 
 # --------------------------------------------------------------------------- parser
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inr-engine", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -502,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--data", required=True)
     ts.add_argument("--out", required=True, help="prior file to write (.safetensors)")
     ts.add_argument("--steps", type=int, default=4000, help="outer (meta) steps")
-    ts.add_argument("--meta-batch", type=int, default=8)
+    ts.add_argument("--meta-batch", type=positive_int, default=8)
     ts.add_argument("--lr", type=float, default=3e-4, help="outer Adam learning rate")
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--split-seed", type=int, default=0)
@@ -518,9 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--encoder-steps", type=int, default=3000,
                     help="context encoder (--config encoder_channels=16,32,64): supervised steps before meta-learning")
     ts.add_argument("--encoder-time-limit", type=float, help="stop the context encoder's training after this many s")
-    ts.add_argument("--encoder-batch", type=int, default=4, help="context encoder: examples per step")
+    ts.add_argument("--encoder-batch", type=positive_int, default=4, help="context encoder: examples per step")
     ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
-    ts.add_argument("--encoder-echo", type=int, default=1,
+    ts.add_argument("--encoder-echo", type=positive_int, default=1,
                     help="context encoder: use each prepared example about this many times (data echoing: on a "
                          "CPU, preparing examples is slower than training on them)")
     ts.add_argument("--init", help="continue training this prior (name or file): its configuration and weights are "

@@ -336,6 +336,11 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["train", "shape", "--dataset", "labels", "--data", "x", "--out", "y.safetensors", "--encoder-echo", "0"])
+    assert info.value.code == 2
+    assert "--encoder-echo: must be at least 1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- priors
