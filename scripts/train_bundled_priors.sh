@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-trains the bundled priors with the commands that trained the shipped ones: the two
 # shape-completion priors (2 CPU cores; adrenal about 90 minutes in two runs, head and neck about
-# 140 in three) and the two hippocampus segmentation priors (one core each, 60 and 20 minutes
+# 225 in four) and the two hippocampus segmentation priors (one core each, 60 and 20 minutes
 # beside other jobs). Time limits stop training, so the step reached depends on the machine; the
 # learning rate anneals over the time limit when it ends a stage first (the shipped shape priors'
 # first runs predate that: their rate followed the step count, so the head-and-neck encoder
@@ -38,7 +38,9 @@ ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64
 # spinal cord (the first 15, three scans, scored during training). Gaps of 4-24 mm in training
 # cover every 2nd-10th 2.5 mm slice. The context encoder runs on a 2 mm grid; it trains first
 # (20 min), then the INR is meta-learned (20 min); a second run continues both (42 and 12 min), a
-# third once more (40 and 6 min, on an otherwise idle machine: 5,377 encoder steps).
+# third once more (40 and 6 min, on an otherwise idle machine: 5,377 encoder steps). The fourth
+# (75 and 10 min: 15,008 encoder steps) slices 70% of the single-orientation tasks axially, the
+# plane of the 2.5 mm acquisition where users draw, and uses each prepared example three times.
 HN_ORGANS=(Brainstem Cochlea-Lt Cochlea-Rt Lacrimal-Lt Lacrimal-Rt Lens-Lt Lens-Rt Mandible Optic-Nerve-Lt
            Optic-Nerve-Rt Orbit-Lt Orbit-Rt Parotid-Lt Parotid-Rt Spinal-Canal Spinal-Cord Submandibular-Lt
            Submandibular-Rt)
@@ -54,7 +56,11 @@ HN=(--dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache --org
     --encoder-lr 5e-4 "${HN[@]}" --out runs/hn_stage2.safetensors --log runs/hn.jsonl \
   && inr-engine train shape --init runs/hn_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 600 --encoder-steps 6000 --encoder-time-limit 2400 \
-    --encoder-lr 3e-4 "${HN[@]}" --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl
+    --encoder-lr 3e-4 "${HN[@]}" --out runs/hn_stage3.safetensors --log runs/hn.jsonl \
+  && inr-engine train shape --init runs/hn_stage3.safetensors --meta-batch 8 --seed 3 --threads 2 \
+    --data-workers 2 --lr 1e-4 --steps 200 --time-limit 600 --encoder-steps 30000 --encoder-time-limit 4500 \
+    --encoder-lr 3e-4 --encoder-echo 3 --config acquisition_axis_prob=0.7 \
+    "${HN[@]}" --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl
 
 # Hippocampus (MSD Task04): 40 subjects held out for the benchmark (split seed 0), 12 of the
 # other 160 for checkpoint selection and the step counts (seed 1), 148 for training.
