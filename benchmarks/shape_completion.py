@@ -11,7 +11,8 @@ Protocol and metrics: ``docs/evaluation.md`` (shared). Methods, on the same spar
 * head and neck: the inter-rater agreement (oncologist vs radiographer, full masks).
 
 Settings: AdrenalMNIST3D validation split, w = 4 and 8 along each axis; head-and-neck validation
-scans (``hn_split``), every 4th and 8th axial slice of the oncologist's mask, per organ.
+scans (``hn_split``), every 4th and 8th axial slice of the oncologist's mask, per organ
+(``--hn-planes`` adds or swaps in sagittal and coronal slicing).
 Metrics: Dice, HD95 and symmetric ASD in mm (MONAI), time per completion. A timing section
 runs whole completions (prepare, fit 5 steps, decode, mesh) of 64^3, 128^3 and 256^3 grids.
 
@@ -44,7 +45,7 @@ from inr_engine.complete import complete_labelmap
 from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
 from inr_engine.frames import spacing
 from inr_engine.methods.shape_completion import Case, ShapeCompleter, ShapeConfig, prepare_case
-from inr_engine.methods.shape_training import axial_axis
+from inr_engine.methods.shape_training import PLANE_NORMALS, setting_axis
 from inr_engine.methods.slices import SliceError, sparsify
 from inr_engine.metrics import segmentation_scores
 from inr_engine.priors import load_prior, sha256
@@ -62,7 +63,7 @@ class Dataset:
     key: str
     prior: str  # bundled prior name or path
     val: list[Shape]  # held-out shapes (ground truth)
-    settings: list[tuple[str, int]]  # (axis: "0"/"1"/"2"/"axial", every)
+    settings: list[tuple[str, int]]  # (axis: "0"/"1"/"2" or a plane's name, every)
     train: Callable[[], list[Shape]]  # training shapes of the B.(i)/B.(ii) baselines (read lazily)
     train_key: str  # names the trained baselines' cache files
 
@@ -102,7 +103,8 @@ def datasets(args: argparse.Namespace) -> list[Dataset]:
             return hn_shapes(args.hn_root, train_scans, cache_dir=args.cache_dir)
 
         key = "hn" if args.hn_train_scans is None else f"hn{len(train_scans)}scans"
-        out.append(Dataset("hn", args.prior_hn, val, [("axial", 4), ("axial", 8)], train, key))
+        settings = [(plane, every) for plane in args.hn_planes for every in (4, 8)]
+        out.append(Dataset("hn", args.prior_hn, val, settings, train, key))
     return out
 
 
@@ -178,17 +180,15 @@ def baseline_case(cfg: ShapeConfig, sparse: np.ndarray, affine: np.ndarray, axis
 
 def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, CoordinateBaseline],
                 steps: dict[str, tuple[int, ...]]) -> list[dict]:
-    def axis_of(shape: Shape, axis_name: str) -> int:
-        return axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
-
     axis_name, every = ds.settings[0]  # warm-up (imports, first calls) on a middle-sized shape, not recorded
     warm = sorted(ds.val, key=lambda s: s.mask.size)[len(ds.val) // 2]
-    run_case(warm, axis_of(warm, axis_name), every, completer, coordinate, {"ours": (1,), "baselines": (1,)})
+    run_case(warm, setting_axis(warm.affine, axis_name), every, completer, coordinate,
+             {"ours": (1,), "baselines": (1,)})
     rows = []
     for n, shape in enumerate(ds.val):
         start = time.perf_counter()
         for axis_name, every in ds.settings:
-            axis = axis_of(shape, axis_name)
+            axis = setting_axis(shape.affine, axis_name)
             setting = f"{'axis' if axis_name.isdigit() else ''}{axis_name}-w{every}"
             for row in run_case(shape, axis, every, completer, coordinate, steps):
                 rows.append({"dataset": ds.key, "setting": setting, "shape": shape.name,
@@ -415,6 +415,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training budget of B.(i) and of B.(ii), each, per dataset (cached in runs/baselines)")
     p.add_argument("--cache-dir", default="runs/cache", help="head and neck: cropped masks cached here")
     p.add_argument("--baseline-cache", default=str(CACHE_DIR), help="trained B.(i)/B.(ii) weights cached here")
+    p.add_argument("--hn-planes", nargs="+", choices=sorted(PLANE_NORMALS), default=["axial"],
+                   help="head and neck: slice planes to keep every 4th and 8th slice of (default axial, the "
+                        "acquisition plane)")
     p.add_argument("--hn-train-scans", type=int, default=None,
                    help="head and neck: train B.(i)/B.(ii) on the first N training scans only (quick checks)")
     p.add_argument("--prior-adrenal", default="adrenal")

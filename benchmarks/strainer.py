@@ -53,7 +53,7 @@ from inr_engine.meta import sub_params  # noqa: E402
 from inr_engine.methods import metaseg, strainer  # noqa: E402
 from inr_engine.methods.seg_training import foreground_dice  # noqa: E402
 from inr_engine.methods.shape_completion import OccupancyINR, ShapeCompleter  # noqa: E402
-from inr_engine.methods.shape_training import axial_axis, protocol_dice  # noqa: E402
+from inr_engine.methods.shape_training import plane_axis, protocol_dice  # noqa: E402
 from inr_engine.methods.slices import SliceError  # noqa: E402
 from inr_engine.priors import load_prior  # noqa: E402
 
@@ -137,7 +137,7 @@ def shape_sets(args) -> dict[str, tuple[list, list]]:
 def shape_dice(completer: ShapeCompleter, shapes, domain: str, steps) -> dict:
     per_step: dict[int, list[float]] = {s: [] for s in steps}
     for shape in shapes:
-        axes = [axial_axis(shape.affine)] if domain == "hn" else [0, 1, 2]
+        axes = [plane_axis(shape.affine, "axial")] if domain == "hn" else [0, 1, 2]
         for axis in axes:
             try:
                 scores = protocol_dice(completer, shape, axis, EVERY, steps)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))  # use this checkout's engine even when it is not 
 
 from inr_engine.datasets import hn_shapes, hn_split, labelled_image_names, seeded_split  # noqa: E402
 from inr_engine.io import Volume, write_volume  # noqa: E402
-from inr_engine.methods.shape_training import axial_axis  # noqa: E402
+from inr_engine.methods.shape_training import plane_axis  # noqa: E402
 from inr_engine.methods.slices import sparsify  # noqa: E402
 
 SOURCES = {
@@ -130,7 +130,7 @@ def hn_samples(data_root: Path, out: Path) -> list[dict]:
     scan = val_scans[0]
     (shape,) = hn_shapes(root, [scan], raters=("oncologist",), organs={HN_ORGAN})
     full = shape.mask.astype(np.uint8)
-    axis = axial_axis(shape.affine)
+    axis = plane_axis(shape.affine, "axial")
     sparse, kept = sparsify(full, axis, HN_EVERY)
     like = Volume(full, shape.affine, {}, "nrrd")  # empty header: written in LPS space
     stem = f"hn_{scan}_{HN_ORGAN.lower().replace('-', '_')}"

@@ -20,7 +20,8 @@ COMMON=(--meta-batch 8 --lr 3e-4 --seed 0 --steps 2000)
 # Adrenal glands: AdrenalMNIST3D 64^3 train split; validation = the last 12 shapes of the npz's val
 # split (the benchmark scores the first 40). The context encoder trains first (30 min), then the
 # INR is meta-learned on evidence that includes it (20 min); a second run continues both from
-# there (--init: encoder 30 min at a lower rate, INR 8 min).
+# there (--init: encoder 30 min at a lower rate, INR 8 min), and a third (encoder 75 min with
+# data echoing, INR 8 min).
 ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64.npz" --max-val 12
          --description "Adrenal glands (AdrenalMNIST3D, 64^3 at 1 mm), with a context encoder")
 [[ " $ONLY " == *" adrenal "* ]] && inr-engine train shape "${COMMON[@]}" --steps 1000 --threads 2 --data-workers 2 \
@@ -30,7 +31,10 @@ ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64
     "${ADRENAL[@]}" --out runs/adrenal_stage1.safetensors --log runs/adrenal.jsonl \
   && inr-engine train shape --init runs/adrenal_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 480 --encoder-steps 4000 --encoder-time-limit 1800 \
-    --encoder-lr 3e-4 "${ADRENAL[@]}" --out "$OUT/adrenal.safetensors" --log runs/adrenal.jsonl
+    --encoder-lr 3e-4 "${ADRENAL[@]}" --out runs/adrenal_stage2.safetensors --log runs/adrenal.jsonl \
+  && inr-engine train shape --init runs/adrenal_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
+    --data-workers 2 --lr 1e-4 --steps 200 --time-limit 480 --encoder-steps 30000 --encoder-time-limit 4500 \
+    --encoder-lr 3e-4 --encoder-echo 3 "${ADRENAL[@]}" --out "$OUT/adrenal.safetensors" --log runs/adrenal.jsonl
 
 # Head-and-neck organs: 18 of the 21 (brain and lungs left out: their boxes make a training task
 # ten times slower), both raters, of 20 scans; validation = 5 scans chosen with split seed 0

@@ -24,7 +24,14 @@ from inr_engine.methods.shape_completion import (
     sample_task,
     simulate_sparse,
 )
-from inr_engine.methods.shape_training import EchoedBatches, TaskStream, draw_meta_batch, protocol_dice
+from inr_engine.methods.shape_training import (
+    EchoedBatches,
+    TaskStream,
+    draw_meta_batch,
+    plane_axis,
+    protocol_dice,
+    setting_axis,
+)
 from inr_engine.methods.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
@@ -416,6 +423,19 @@ def test_input_labels_refusals():
         input_labels(np.zeros((2, 2, 2)))
     with pytest.raises(SliceError, match="3D"):
         input_labels(np.ones((2, 2)))
+
+
+def test_plane_axes_follow_the_affine():
+    # voxel axes: i runs inferior-superior, j right-left (LPS-like, negative), k posterior-anterior,
+    # each tilted by a few degrees; spacings differ
+    turn = np.deg2rad(8.0)
+    directions = np.array([[0.1, np.sin(turn), np.cos(turn)],  # RAS direction of voxel axis i, j, k
+                           [-np.cos(turn), 0.05, np.sin(turn)],
+                           [0.0, np.cos(turn), 0.1]])
+    affine = np.eye(4)
+    affine[:3, :3] = directions.T * np.array([2.5, 0.8, 1.2])
+    assert [plane_axis(affine, p) for p in ("axial", "sagittal", "coronal")] == [0, 1, 2]
+    assert setting_axis(affine, "coronal") == 2 and setting_axis(affine, "1") == 1
 
 
 def test_protocol_dice(completer, ellipsoid_factory):

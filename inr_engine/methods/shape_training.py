@@ -35,11 +35,19 @@ from .shape_completion import (
 from .slice_encoder import EvidenceGrid, SliceEncoder, grid_multiple
 from .slices import SliceError, SliceEvidence, sparsify
 
+PLANE_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the RAS direction a stack of such slices advances in
 
-def axial_axis(affine: np.ndarray) -> int:
-    """Index axis closest to the superior-inferior direction."""
+
+def plane_axis(affine: np.ndarray, plane: str) -> int:
+    """Index axis along which ``plane`` ("axial", "coronal", "sagittal") slices are stacked: the
+    one closest to the superior-inferior, anterior-posterior or left-right direction."""
     dirs = np.asarray(affine)[:3, :3] / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    return int(np.argmax(np.abs(dirs[2])))
+    return int(np.argmax(np.abs(dirs[PLANE_NORMALS[plane]])))
+
+
+def setting_axis(affine: np.ndarray, axis_name: str) -> int:
+    """The index axis of a benchmark or validation setting: "0"/"1"/"2" or a plane's name."""
+    return int(axis_name) if axis_name.isdigit() else plane_axis(affine, axis_name)
 
 
 def protocol_dice(completer: ShapeCompleter, shape: Shape, axis: int, every: int,
@@ -59,12 +67,12 @@ def protocol_dice(completer: ShapeCompleter, shape: Shape, axis: int, every: int
 
 def validation_metrics(completer: ShapeCompleter, shapes: list[Shape], settings: list[tuple[str, int]],
                        steps=(1, 5)) -> dict:
-    """Mean Dice per (axis, w) setting; ``axis`` is 0/1/2 or ``"axial"``."""
+    """Mean Dice per (axis, w) setting; ``axis`` is "0"/"1"/"2" or a plane's name (``setting_axis``)."""
     out = {}
     for axis_name, every in settings:
         per_step: dict[int, list[float]] = {s: [] for s in steps}
         for shape in shapes:
-            axis = axial_axis(shape.affine) if axis_name == "axial" else int(axis_name)
+            axis = setting_axis(shape.affine, axis_name)
             try:
                 for s, d in protocol_dice(completer, shape, axis, every, steps).items():
                     per_step[s].append(d)
