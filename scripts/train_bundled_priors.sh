@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-trains the bundled priors with the commands that trained the shipped ones: the two
-# shape-completion priors (2 CPU cores; adrenal about 90 minutes in two runs, head and neck about
+# shape-completion priors (2 CPU cores; adrenal about 170 minutes in three runs, head and neck about
 # 225 in four) and the two hippocampus segmentation priors (one core each, 60 and 20 minutes
 # beside other jobs). Time limits stop training, so the step reached depends on the machine; the
 # learning rate anneals over the time limit when it ends a stage first (the shipped shape priors'
