@@ -4,26 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
+import signal
 import sys
 import time
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_output
+from .datasets import check_split
+from .files import OutputError, RunOutputs
 from .frames import GeometryError
 from .io import VolumeError
 from .methods.segmentation import SegmentationError
 from .methods.slices import SliceError
 from .priors import DEFAULT_PRIORS, PriorError
+from .runtime import DeviceError, check_device_name
 
-USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OSError)
+USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OutputError, DeviceError,
+               OSError)
 HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 
 
 class UsageError(ValueError):
     """A command-line argument that cannot work."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM; carries the exit status the shell expects."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
 
 
 def parse_slices(text: str | None) -> dict[int, list[int]] | None:
@@ -43,26 +61,59 @@ def parse_slices(text: str | None) -> dict[int, list[int]] | None:
 
 
 def _write_json(path: str | Path, data: dict) -> None:
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2))
+    Path(path).write_text(json.dumps(data, indent=2))
 
 
-def _check_outputs(args) -> None:
-    from .io import file_format
+def _volume_input(run: RunOutputs, option: str, path: str | None) -> None:
+    from .io import volume_files
+
+    if path is not None:
+        run.add_input(option, *volume_files(path, reading=True))
+
+
+def _prior_input(run: RunOutputs, option: str, name_or_path: str | None) -> None:
+    """A prior the run reads: a bundled name, or a file (which no output may overwrite)."""
+    from .priors import resolve
+
+    if name_or_path is not None:
+        run.add_input(option, resolve(name_or_path))
+
+
+def _volume_output(run: RunOutputs, option: str, path: str) -> None:
+    from .io import file_format, volume_files
+
+    file_format(path)
+    run.add_output(option, path, companions=volume_files(path)[1:])
+
+
+def _plan_complete(args, run: RunOutputs) -> None:
+    """Check ``complete``'s arguments and register its files, before any work."""
     from .mesh import MESH_SUFFIXES
 
-    file_format(args.output)
-    if getattr(args, "mesh", None) and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
-        raise UsageError(f"--mesh {args.mesh}: use one of {', '.join(MESH_SUFFIXES)}")
-    paths = [Path(p).resolve() for p in (args.input, args.output, getattr(args, "mesh", None), args.report) if p]
-    if len(set(paths)) != len(paths):
-        raise UsageError("the output files must differ from each other and from the input: "
-                         "one would overwrite another")
+    parse_slices(args.slices)
+    _volume_input(run, "the input", args.input)
+    _volume_input(run, "--reference", args.reference)
+    _prior_input(run, "--prior", args.prior)
+    _volume_output(run, "--output", args.output)
+    if args.mesh:
+        if Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
+            raise UsageError(f"--mesh {args.mesh}: use one of {', '.join(MESH_SUFFIXES)}")
+        run.add_output("--mesh", args.mesh)
+    if args.report:
+        run.add_output("--report", args.report)
 
 
 # --------------------------------------------------------------------------- complete
 def run_complete(args) -> dict:
     """Complete a sparse label map file; writes the outputs only when everything succeeded."""
+    with RunOutputs() as run:
+        _plan_complete(args, run)
+        report = _complete(args, run)
+        run.commit()
+    return report
+
+
+def _complete(args, run: RunOutputs) -> dict:
     from tqdm import tqdm
 
     from .complete import complete_labelmap
@@ -71,16 +122,14 @@ def run_complete(args) -> dict:
     from .priors import load_prior
     from .runtime import resolve_device, seed_everything
 
-    _check_outputs(args)
     seed_everything(args.seed)
     t_start = time.perf_counter()
+    device = resolve_device(args.device)
     volume = read_volume(args.input)
-    completer = ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"),
-                                          resolve_device(args.device))
+    reference = _reference(args.reference, volume)
+    completer = ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"), device)
     t_loaded = time.perf_counter()
     steps = completer.cfg.default_steps if args.steps is None else args.steps
-    if steps < 0:
-        raise UsageError("--steps must be >= 0")
     bars: dict[int, tqdm] = {}
 
     def on_step(label, st, _case):
@@ -90,72 +139,93 @@ def run_complete(args) -> dict:
         bars[label].update(1)
         bars[label].set_postfix(loss=f"{st.loss:.4f}")
 
-    result = complete_labelmap(volume.array, volume.affine, completer, steps, args.label,
-                               parse_slices(args.slices), args.mesh_step if args.mesh else None, on_step)
-    for bar in bars.values():
-        bar.close()
+    try:
+        result = complete_labelmap(volume.array, volume.affine, completer, steps, args.label,
+                                   parse_slices(args.slices), args.mesh_step if args.mesh else None, on_step)
+    finally:
+        for bar in bars.values():
+            bar.close()
     report = {"input": str(args.input), "output": str(args.output), "mesh": args.mesh,
               "prior": {"name": completer.prior.name, "path": str(completer.prior.path)},
               **result.report, "load_seconds": t_loaded - t_start}
-    if args.reference:
-        report["dice"] = _dice_against(args.reference, volume, result.labels)
-    _write_outputs(args, volume, result, report)
+    if reference is not None:
+        report["dice"] = _dice(reference, result.labels)
+    _stage_completion(args, run, volume, result, report)
     return report
 
 
-def _dice_against(reference: str, volume, labels: np.ndarray) -> dict[str, float]:
+def _reference(path: str | None, volume):
+    """The ``--reference`` label map, checked against the input's grid before any work."""
     from .io import read_volume
+
+    if path is None:
+        return None
+    ref = read_volume(path)
+    if ref.shape != volume.shape or not np.allclose(ref.affine, volume.affine, atol=1e-4):
+        raise GeometryError(f"--reference {path} is not on the input's grid")
+    return ref
+
+
+def _dice(reference, labels: np.ndarray) -> dict[str, float]:
     from .metrics import dice
 
-    ref = read_volume(reference)
-    if ref.shape != volume.shape or not np.allclose(ref.affine, volume.affine, atol=1e-4):
-        raise GeometryError(f"--reference {reference} is not on the input's grid")
-    return {str(lab): dice(labels == lab, ref.array == lab) for lab in np.unique(labels) if lab != 0}
+    return {str(lab): dice(labels == lab, reference.array == lab) for lab in np.unique(labels) if lab != 0}
 
 
-def _write_outputs(args, volume, result, report) -> None:
+def _stage_completion(args, run: RunOutputs, volume, result, report) -> None:
     from vtkmodules.vtkFiltersCore import vtkAppendPolyData
 
     from .io import write_volume
     from .mesh import write_mesh
 
-    written: list[Path] = []
-    try:
-        written.append(write_volume(args.output, result.labels, volume))
-        if args.mesh:
-            append = vtkAppendPolyData()
-            for surface in result.surfaces.values():
-                append.AddInputData(surface)
-            append.Update()
-            written.append(write_mesh(args.mesh, append.GetOutput()))
-        if args.report:
-            _write_json(args.report, report)
-            written.append(Path(args.report))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    write_volume(run.stage(args.output), result.labels, volume)
+    if args.mesh:
+        append = vtkAppendPolyData()
+        for surface in result.surfaces.values():
+            append.AddInputData(surface)
+        append.Update()
+        if append.GetOutput().GetNumberOfPoints() == 0:
+            raise UsageError(f"--mesh {args.mesh}: the surface is empty at --mesh-step {args.mesh_step}; "
+                             "use a smaller --mesh-step")
+        write_mesh(run.stage(args.mesh), append.GetOutput())
+    if args.report:
+        _write_json(run.stage(args.report), report)
 
 
 # --------------------------------------------------------------------------- segment
+def _plan_segment(args, run: RunOutputs) -> None:
+    _volume_input(run, "the input", args.input)
+    _volume_input(run, "--reference", args.reference)
+    _prior_input(run, "--prior", args.prior)
+    _volume_output(run, "--output", args.output)
+    if args.report:
+        run.add_output("--report", args.report)
+
+
 def run_segment(args) -> dict:
     """Segment an image file with MetaSeg or NISF; writes the outputs only when everything succeeded."""
+    with RunOutputs() as run:
+        _plan_segment(args, run)
+        report = _segment(args, run)
+        run.commit()
+    return report
+
+
+def _segment(args, run: RunOutputs) -> dict:
     from tqdm import tqdm
 
     from .io import read_volume, write_volume
     from .runtime import resolve_device, seed_everything
     from .segment import load_segmenter, segment_image
 
-    _check_outputs(args)
     seed_everything(args.seed)
     t_start = time.perf_counter()
+    device = resolve_device(args.device)
     volume = read_volume(args.input)
-    segmenter = load_segmenter(args.method, args.prior, resolve_device(args.device), args.procedure,
-                               args.fit_weights)
+    reference = _reference(args.reference, volume)
+    segmenter = load_segmenter(args.method, args.prior, device, args.procedure, args.fit_weights)
     t_loaded = time.perf_counter()
     steps = segmenter.default_steps if args.steps is None else args.steps
-    if steps < 0:
-        raise UsageError("--steps must be >= 0")
     with tqdm(total=steps, desc=f"{args.method}: fitting", unit="step", leave=False, disable=args.quiet) as bar:
         def on_step(st, _volume):
             bar.update(1)
@@ -169,45 +239,46 @@ def run_segment(args) -> dict:
               **result.report, "load_seconds": t_loaded - t_start}
     if args.method == "nisf":
         report["procedure"], report["fit_weights"] = args.procedure, args.fit_weights
-    if args.reference:
-        report["dice"] = _dice_against(args.reference, volume, result.labels)
-    written = [write_volume(args.output, result.labels, volume)]
-    try:
-        if args.report:
-            _write_json(args.report, report)
-    except BaseException:
-        written[0].unlink(missing_ok=True)
-        raise
+    if reference is not None:
+        report["dice"] = _dice(reference, result.labels)
+    write_volume(run.stage(args.output), result.labels, volume)
+    if args.report:
+        _write_json(run.stage(args.report), report)
     return report
 
 
 # --------------------------------------------------------------------------- demo
 def run_demo(args) -> dict:
     """Complete the shipped sparse sample and segment the shipped image with the bundled priors."""
+    from .overview import write_overview
+
     out = Path(args.out)
     samples = json.loads((SAMPLES_DIR / "samples.json").read_text())["samples"]
     sample = next(s for s in samples if s.get("demo") and s["kind"] == "sparse")
-    ns = argparse.Namespace(input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"),
-                            mesh=str(out / "completed.stl"), prior=sample["prior"], steps=None,
-                            device=args.device, report=str(out / "report.json"), label=None, slices=None,
-                            mesh_step=1.0, seed=0, quiet=args.quiet,
-                            reference=str(SAMPLES_DIR / sample["ground_truth"]))
-    report = run_complete(ns)
-    from .overview import write_overview
-
-    write_overview(out / "overview.png", ns.input, ns.output, ns.reference, report)
+    completion = argparse.Namespace(
+        input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"), mesh=str(out / "completed.stl"),
+        prior=sample["prior"], steps=None, device=args.device, report=str(out / "report.json"), label=None,
+        slices=None, mesh_step=1.0, seed=0, quiet=args.quiet, reference=str(SAMPLES_DIR / sample["ground_truth"]))
+    image = next(s for s in samples if s.get("demo") and s["kind"] == "image")
+    segmentation = argparse.Namespace(
+        input=str(SAMPLES_DIR / image["file"]), output=str(out / "segmented.nii.gz"), method="metaseg",
+        prior=image["prior"], steps=None, procedure="fast", fit_weights=False, refine=False, device=args.device,
+        report=str(out / "segmentation_report.json"), seed=0, quiet=args.quiet,
+        reference=str(SAMPLES_DIR / image["labels"]))
+    with RunOutputs() as run:
+        _plan_complete(completion, run)
+        _plan_segment(segmentation, run)
+        run.add_output("the overview", out / "overview.png")
+        report = _complete(completion, run)
+        write_overview(run.stage(out / "overview.png"), completion.input, str(run.stage(completion.output)),
+                       completion.reference, report)
+        seg_report = _segment(segmentation, run)
+        run.commit()
     print(f"completed {sample['file']} with prior '{sample['prior']}':")
     for lab, d in report["dice"].items():
         print(f"  label {lab}: Dice {d:.3f} against the full ground truth")
     phases = report["labels"][next(iter(report["labels"]))]["phases"]
     print("  phases (s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
-
-    image = next(s for s in samples if s.get("demo") and s["kind"] == "image")
-    ns = argparse.Namespace(input=str(SAMPLES_DIR / image["file"]), output=str(out / "segmented.nii.gz"),
-                            method="metaseg", prior=image["prior"], steps=None, procedure="fast", fit_weights=False,
-                            refine=False, device=args.device, report=str(out / "segmentation_report.json"), seed=0,
-                            quiet=args.quiet, reference=str(SAMPLES_DIR / image["labels"]))
-    seg_report = run_segment(ns)
     names = seg_report["classes"] or []
     print(f"segmented {image['file']} with MetaSeg prior '{image['prior']}' (labels never seen):")
     for lab, d in seg_report["dice"].items():
@@ -220,52 +291,132 @@ def run_demo(args) -> dict:
 
 
 # --------------------------------------------------------------------------- train
-def run_train_shape(args) -> dict:
-    import torch
+def checkpoint_path(out: str | Path) -> Path:
+    """Where training keeps its best prior so far: ``<stem>.checkpoints/<name>`` beside ``--out``
+    (never ``--out`` itself, which is replaced only by the finished prior)."""
+    out = Path(out)
+    return out.parent / f"{out.stem}.checkpoints" / out.name
 
+
+def _data_files(data: str | Path) -> list[Path]:
+    path = Path(data)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return [p for p in path.rglob("*") if p.is_file()]
+    raise UsageError(f"--data {data}: no such file or folder")
+
+
+class _Training:
+    """A training command's files: ``--data`` (and a prior it starts from) in; ``--out`` and
+    ``--log`` out, committed only when training finished; checkpoints beside ``--out``."""
+
+    def __init__(self, args, run: RunOutputs, prior_option: str | None = None, prior: str | None = None):
+        if Path(args.out).suffix.lower() != ".safetensors":
+            raise UsageError(f"--out {args.out}: a prior file ends in .safetensors")
+        self.args, self.run = args, run
+        run.add_inputs("--data", _data_files(args.data))
+        _prior_input(run, prior_option, prior)
+        run.add_output("--out", args.out)
+        self.checkpoint = checkpoint_path(args.out)
+        run.reserve("the checkpoint", self.checkpoint)
+        self.log = None
+        if getattr(args, "log", None):
+            run.add_output("--log", args.log)
+            self.log = run.stage(args.log)  # the log grows there; the existing one is kept until the end
+            if Path(args.log).is_file():
+                shutil.copyfile(args.log, self.log)
+        self.started = time.time()
+
+    @property
+    def rank(self) -> int:
+        return int(os.environ.get("RANK", "0"))
+
+    def out_file(self) -> Path:
+        """For trainings that write once, at the end: the staged ``--out``."""
+        return self.run.stage(self.args.out)
+
+    @contextmanager
+    def checkpointed(self) -> Iterator[Path]:
+        """Yield the checkpoint path to train into; afterwards the best checkpoint becomes ``--out``."""
+        try:
+            yield self.checkpoint
+        except BaseException:
+            if self.rank == 0 and self.checkpoint.is_file() and self.checkpoint.stat().st_mtime >= self.started:
+                print(f"inr-engine train: --out {self.args.out} was not changed; the best prior so far is "
+                      f"{self.checkpoint} (continue with --init {self.checkpoint})", file=sys.stderr)
+            raise
+        if self.rank == 0:
+            if not self.checkpoint.is_file():
+                raise UsageError("training ended before its first validation: give more --steps or --time-limit")
+            shutil.copyfile(self.checkpoint, self.out_file())
+
+    def commit(self) -> None:
+        if self.rank != 0:  # under torchrun rank 0 writes the files
+            return
+        self.run.commit()
+        self.checkpoint.unlink(missing_ok=True)
+        with suppress(OSError):
+            self.checkpoint.parent.rmdir()
+
+
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_train_shape(args) -> dict:
     from .datasets import adrenal_shapes, hn_shapes, hn_split, label_directory_shapes
     from .methods.shape_training import train_shape_prior
     from .priors import sha256
     from .runtime import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    init, cfg = _shape_training_start(args)
-    if args.dataset == "adrenalmnist3d":
-        train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
-        settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
-        split = {"train": "npz train split (all)", "validation": "npz val split (the last --max-val shapes)"}
-    elif args.dataset == "hn-oar":
-        train_scans, val_scans = hn_split(args.data, n_val=args.val_scans, seed=args.split_seed)
-        train = hn_shapes(args.data, train_scans, organs=args.organs, cache_dir=args.cache_dir)
-        val = hn_shapes(args.data, val_scans, raters=("oncologist",), organs=HN_VALIDATION_ORGANS,
-                        cache_dir=args.cache_dir)
-        settings = [("axial", 8), ("axial", 4)]
-        split = {"train": train_scans, "validation": val_scans, "split_seed": args.split_seed}
-    else:
-        shapes = label_directory_shapes(args.data)
-        rng = np.random.default_rng(args.split_seed)
-        order = rng.permutation(len(shapes))
-        n_val = max(1, len(shapes) // 10)
-        val, train = [shapes[i] for i in order[:n_val]], [shapes[i] for i in order[n_val:]]
-        settings = [("axial", 8), ("axial", 4)]
-        split = {"validation": [s.name for s in val], "split_seed": args.split_seed}
-    if args.max_val:
-        # adrenal: the last shapes of the val split, so that the benchmark's first 40 stay unseen
-        val = val[-args.max_val:] if args.dataset == "adrenalmnist3d" else val[: args.max_val]
-    training = {"dataset": args.dataset, "data": str(args.data), "shapes_train": len(train),
+    with RunOutputs() as run:
+        training = _Training(args, run, "--init", args.init)
+        device = resolve_device(args.device)
+        _set_threads(args)
+        init, cfg = _shape_training_start(args)
+        if args.dataset == "adrenalmnist3d":
+            train, val = adrenal_shapes(args.data, "train"), adrenal_shapes(args.data, "val")
+            settings = [("0", 8), ("1", 8), ("2", 8), ("0", 4)]
+            split = {"train": "npz train split (all)", "validation": "npz val split (the last --max-val shapes)"}
+        elif args.dataset == "hn-oar":
+            train_scans, val_scans = hn_split(args.data, n_val=args.val_scans, seed=args.split_seed)
+            train = hn_shapes(args.data, train_scans, organs=args.organs, cache_dir=args.cache_dir)
+            val = hn_shapes(args.data, val_scans, raters=("oncologist",), organs=HN_VALIDATION_ORGANS,
+                            cache_dir=args.cache_dir)
+            settings = [("axial", 8), ("axial", 4)]
+            split = {"train": train_scans, "validation": val_scans, "split_seed": args.split_seed}
+        else:
+            shapes = label_directory_shapes(args.data)
+            n_val = max(1, len(shapes) // 10)
+            check_split(len(shapes), n_val, what=f"shapes in {args.data}", val_option=None)
+            order = np.random.default_rng(args.split_seed).permutation(len(shapes))
+            val, train = [shapes[i] for i in order[:n_val]], [shapes[i] for i in order[n_val:]]
+            settings = [("axial", 8), ("axial", 4)]
+            split = {"validation": [s.name for s in val], "split_seed": args.split_seed}
+        if args.max_val:
+            # adrenal: the last shapes of the val split, so that the benchmark's first 40 stay unseen
+            val = val[-args.max_val:] if args.dataset == "adrenalmnist3d" else val[: args.max_val]
+        data = {"dataset": args.dataset, "data": str(args.data), "shapes_train": len(train),
                 "shapes_val": len(val), "split": split, "command": " ".join(sys.argv)}
-    if init is not None:
-        training["continued_from"] = {"prior": init.prior.name, "sha256": sha256(init.prior.path),
+        if init is not None:
+            data["continued_from"] = {"prior": init.prior.name, "sha256": sha256(init.prior.path),
                                       "training": init.prior.metadata.get("training", {}),
                                       "training_steps": init.prior.metadata.get("training_steps")}
-    return train_shape_prior(train, val, cfg, args.out, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
-                             seed=args.seed, device=resolve_device(args.device), settings=settings,
-                             description=args.description or f"shape completion prior ({args.dataset})",
-                             training_data=training, log_path=args.log, time_limit_s=args.time_limit,
-                             data_workers=args.data_workers, encoder_steps=args.encoder_steps,
-                             encoder_time_limit_s=args.encoder_time_limit, encoder_batch=args.encoder_batch,
-                             encoder_lr=args.encoder_lr, encoder_echo=args.encoder_echo, init=init)
+        with training.checkpointed() as checkpoint:
+            result = train_shape_prior(
+                train, val, cfg, checkpoint, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
+                seed=args.seed, device=device, settings=settings,
+                description=args.description or f"shape completion prior ({args.dataset})", training_data=data,
+                log_path=training.log, time_limit_s=args.time_limit, data_workers=args.data_workers,
+                encoder_steps=args.encoder_steps, encoder_time_limit_s=args.encoder_time_limit,
+                encoder_batch=args.encoder_batch, encoder_lr=args.encoder_lr, encoder_echo=args.encoder_echo,
+                init=init)
+        training.commit()
+    return result
 
 
 def _shape_training_start(args):
@@ -273,6 +424,7 @@ def _shape_training_start(args):
     changes that keep its architecture, or the defaults with ``--config``."""
     from dataclasses import asdict
 
+    from .meta import ALGORITHMS
     from .methods.shape_completion import ShapeCompleter, ShapeConfig, prior_metadata
     from .priors import load_prior
 
@@ -280,6 +432,9 @@ def _shape_training_start(args):
     if not args.init:
         return None, ShapeConfig(**overrides)
     init = ShapeCompleter.from_prior(load_prior(args.init, task="shape_completion"))
+    if init.cfg.algorithm not in ALGORITHMS:
+        raise UsageError(f"--init {args.init} is a {init.cfg.algorithm} prior, not a meta-learned one: continue from "
+                         "a prior made by 'train shape'")
     cfg = ShapeConfig(**{**asdict(init.cfg), **overrides})
     if prior_metadata(cfg)["architecture"] != init.prior.metadata["architecture"]:
         raise UsageError(f"--config {' '.join(args.config or [])}: changes the architecture of --init {args.init}; "
@@ -289,80 +444,83 @@ def _shape_training_start(args):
 
 def run_train_segmentation(args) -> dict:
     """``train metaseg`` / ``train nisf`` on a folder of images with label maps."""
-    import torch
-
     from .datasets import labelled_image_names, labelled_images, seeded_split
     from .methods import metaseg, nisf
     from .methods.seg_training import train_metaseg_prior, train_nisf_prior
     from .runtime import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config_cls = metaseg.MetaSegConfig if args.method == "metaseg" else nisf.NISFConfig
-    cfg = config_cls(**_config_overrides(args.config, config_cls))
-    names = labelled_image_names(args.data)
-    held_out: list[str] = []
-    if args.holdout:
-        names, held_out = seeded_split(names, args.holdout, args.split_seed)
-    n_val = args.val if args.val is not None else max(1, len(names) // 10)
-    train_names, val_names = seeded_split(names, n_val, args.split_seed + 1)
-    train, val = labelled_images(args.data, train_names), labelled_images(args.data, val_names)
-    if args.classes:
-        if len(args.classes) < 2:
-            raise UsageError("--classes: name the background and at least one class")
-        cfg.num_classes = len(args.classes)
-    classes = args.classes or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)]
-    training = {"data": str(args.data), "subjects_train": len(train), "subjects_val": len(val),
+    with RunOutputs() as run:
+        training = _Training(args, run)
+        device = resolve_device(args.device)
+        _set_threads(args)
+        cfg = config_cls(**_config_overrides(args.config, config_cls))
+        if args.classes is not None:
+            if len(args.classes) < 2:
+                raise UsageError("--classes: name the background and at least one class")
+            cfg.num_classes = len(args.classes)
+        names = labelled_image_names(args.data)
+        n_val = args.val if args.val is not None else max(1, (len(names) - args.holdout) // 10)
+        check_split(len(names), n_val, args.holdout, what=f"subjects in {args.data}")
+        held_out: list[str] = []
+        if args.holdout:
+            names, held_out = seeded_split(names, args.holdout, args.split_seed)
+        train_names, val_names = seeded_split(names, n_val, args.split_seed + 1)
+        train, val = labelled_images(args.data, train_names), labelled_images(args.data, val_names)
+        classes = args.classes or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)]
+        data = {"data": str(args.data), "subjects_train": len(train), "subjects_val": len(val),
                 "split": {"held_out": held_out, "validation": val_names, "split_seed": args.split_seed},
                 "command": " ".join(sys.argv)}
-    common = dict(steps=args.steps, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
-                  description=args.description or f"{args.method} segmentation prior ({Path(args.data).name})",
-                  training_data=training, log_path=args.log, time_limit_s=args.time_limit)
-    if args.method == "metaseg":
-        return train_metaseg_prior(train, val, cfg, args.out, meta_batch=args.batch, class_names=classes,
-                                   **common)
-    return train_nisf_prior(train, val, cfg, args.out, latent_steps=args.latent_steps, batch=args.batch,
-                            class_names=classes, **common)
+        common = dict(steps=args.steps, lr=args.lr, seed=args.seed, device=device,
+                      description=args.description or f"{args.method} segmentation prior ({Path(args.data).name})",
+                      training_data=data, log_path=training.log, time_limit_s=args.time_limit)
+        with training.checkpointed() as checkpoint:
+            if args.method == "metaseg":
+                result = train_metaseg_prior(train, val, cfg, checkpoint, meta_batch=args.batch, class_names=classes,
+                                             **common)
+            else:
+                result = train_nisf_prior(train, val, cfg, checkpoint, latent_steps=args.latent_steps,
+                                          batch=args.batch, class_names=classes, **common)
+        training.commit()
+    return result
 
 
 def run_train_strainer(args) -> dict:
     """``train strainer``: a prior from a handful of cases; a shape prior from label maps, or a
     MetaSeg prior from images with label maps (``images/`` and ``labels/``)."""
-    import torch
-
     from .datasets import label_directory_shapes, labelled_image_names, labelled_images
     from .methods import strainer
     from .runtime import resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.cases < strainer.MIN_SIGNALS:
         raise UsageError(f"--cases: STRAINER needs at least {strainer.MIN_SIGNALS} cases")
-    settings = strainer.StrainerSettings(steps=args.steps, time_limit_s=args.time_limit, seed=args.seed)
-    device = resolve_device(args.device)
-    kind = args.kind
-    if kind == "auto":
-        kind = "segmentation" if any((Path(args.data) / d).is_dir() for d in ("images", "imagesTr")) else "shape"
-    training = {"data": str(args.data), "command": " ".join(sys.argv)}
-    if kind == "shape":
-        shapes = label_directory_shapes(args.data)[: args.cases]
-        if len(shapes) < strainer.MIN_SIGNALS:
-            raise UsageError(f"{args.data}: {len(shapes)} shape(s) found; STRAINER needs at least "
-                             f"{strainer.MIN_SIGNALS}")
-        cfg = strainer.shape_config(**({"default_steps": args.fit_steps} if args.fit_steps else {}))
-        meta = strainer.build_shape_prior(shapes, args.out, cfg,
-                                          settings, device, training=training,
-                                          description=args.description or f"STRAINER shape prior ({len(shapes)} "
-                                                                            "shapes)")
-    else:
-        images = labelled_images(args.data, labelled_image_names(args.data)[: args.cases])
-        classes = args.classes
-        if classes is not None and len(classes) < 2:
-            raise UsageError("--classes: name the background and at least one class")
-        config = {"default_steps": args.fit_steps} if args.fit_steps else None
-        meta = strainer.build_segmentation_prior(images, args.out, settings, classes, device, config, training=training,
-                                                 description=args.description or f"STRAINER MetaSeg prior "
-                                                                                 f"({len(images)} subjects)")
+    if args.classes is not None and len(args.classes) < 2:
+        raise UsageError("--classes: name the background and at least one class")
+    with RunOutputs() as run:
+        training = _Training(args, run)
+        device = resolve_device(args.device)
+        _set_threads(args)
+        settings = strainer.StrainerSettings(steps=args.steps, time_limit_s=args.time_limit, seed=args.seed)
+        kind = args.kind
+        if kind == "auto":
+            kind = "segmentation" if any((Path(args.data) / d).is_dir() for d in ("images", "imagesTr")) else "shape"
+        data = {"data": str(args.data), "command": " ".join(sys.argv)}
+        if kind == "shape":
+            shapes = label_directory_shapes(args.data)[: args.cases]
+            check_split(len(shapes), 0, minimum_train=strainer.MIN_SIGNALS, what=f"shapes in {args.data}")
+            cfg = strainer.shape_config(**({"default_steps": args.fit_steps} if args.fit_steps else {}))
+            meta = strainer.build_shape_prior(shapes, training.out_file(), cfg, settings, device, training=data,
+                                              description=args.description or f"STRAINER shape prior ({len(shapes)} "
+                                                                                "shapes)")
+        else:
+            names = labelled_image_names(args.data)[: args.cases]
+            check_split(len(names), 0, minimum_train=strainer.MIN_SIGNALS, what=f"subjects in {args.data}")
+            images = labelled_images(args.data, names)
+            config = {"default_steps": args.fit_steps} if args.fit_steps else None
+            meta = strainer.build_segmentation_prior(
+                images, training.out_file(), settings, args.classes, device, config, training=data,
+                description=args.description or f"STRAINER MetaSeg prior ({len(images)} subjects)")
+        training.commit()
     print(f"wrote {args.out}: {meta['task']} prior from {len(meta['strainer']['cases'])} cases, "
           f"encoder {meta['strainer']['steps_done']} steps in {meta['strainer']['encoder_seconds']} s")
     return meta
@@ -370,38 +528,63 @@ def run_train_strainer(args) -> dict:
 
 def run_train_refine(args) -> dict:
     """``train refine``: add a MORSE-style boundary refiner to a MetaSeg or NISF prior."""
-    import torch
-
     from .datasets import labelled_image_names, labelled_images, seeded_split
     from .methods import inr_refine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.cases < 1:
-        raise UsageError("--cases must be at least 1")
-    names = labelled_image_names(args.data)
-    if args.holdout:
-        names, _ = seeded_split(names, args.holdout, args.split_seed)
-    images = labelled_images(args.data, names[: args.cases])
-    info = inr_refine.refine_prior(args.prior, images, args.out, iterations=args.iterations, seed=args.seed)
+    with RunOutputs() as run:
+        training = _Training(args, run, "--prior", args.prior)
+        _set_threads(args)
+        names = labelled_image_names(args.data)
+        check_split(len(names), 0, args.holdout, what=f"subjects in {args.data}")
+        if args.holdout:
+            names, _ = seeded_split(names, args.holdout, args.split_seed)
+        images = labelled_images(args.data, names[: args.cases])
+        info = inr_refine.refine_prior(args.prior, images, training.out_file(), iterations=args.iterations,
+                                       seed=args.seed)
+        training.commit()
     print(f"wrote {args.out}: boundary refiner trained on {info['subjects']} subjects ({info['points']} points) "
           f"in {info['seconds']} s")
     return info
 
 
 def _config_overrides(pairs: list[str] | None, config_cls) -> dict:
-    overrides = dict(kv.split("=", 1) for kv in pairs or [])
-    fields = config_cls.__dataclass_fields__
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise UsageError(f"unknown --config keys {sorted(unknown)}; known: {sorted(fields)}")
-    return {k: _config_value(fields[k].default, v) for k, v in overrides.items()}
+    """``--config KEY=VALUE`` pairs as values of ``config_cls``'s fields, checked as a prior's are."""
+    from .priors import config_value_problem
+
+    hints = typing.get_type_hints(config_cls)
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--config {pair!r}: expected KEY=VALUE, e.g. hidden_features=96")
+        if key not in hints:
+            raise UsageError(f"--config {key}: unknown key; known: {', '.join(sorted(hints))}")
+        is_tuple = typing.get_origin(hints[key]) is tuple
+        value = _json_or_text(f"[{text}]" if is_tuple else text)  # encoder_channels=16,32,64
+        problem = config_value_problem(config_cls, key, value)
+        choices = _config_choices().get(key)
+        if problem is None and choices is not None and value not in choices:
+            problem = f"{key} is {value!r}; it must be one of {', '.join(choices)}"
+        if problem:
+            raise UsageError(f"--config {key}={text}: {problem.removeprefix('config.')}")
+        overrides[key] = tuple(value) if is_tuple else float(value) if hints[key] is float else value
+    return overrides
 
 
-def _config_value(default, text: str):
-    if isinstance(default, tuple):  # comma-separated integers, e.g. encoder_channels=16,32,64
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    return type(default)(text)
+def _config_choices() -> dict[str, tuple[str, ...]]:
+    """The values each text field of a configuration may take."""
+    from .meta import ALGORITHMS
+    from .methods.metaseg import DECODER_INITS
+    from .methods.nisf import FAST_ADAPTS
+
+    return {"algorithm": ALGORITHMS, "decoder_init": DECODER_INITS, "fast_adapts": FAST_ADAPTS}
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 # --------------------------------------------------------------------------- priors
@@ -425,13 +608,14 @@ def run_priors(args) -> dict:
             print(f"{name:24s} {e['task']:18s} {e['description']}")
         print(f"({BUNDLED_DIR})")
         return entries
-    prior = load_prior(args.prior)  # verifies format, metadata and checksum
-    meta = dict(prior.metadata)
     if args.action == "show":
+        meta = dict(load_prior(args.prior).metadata)  # verifies format, metadata and checksum
         print(json.dumps(meta, indent=2))
-    else:
-        print(f"{prior.path}: OK ({meta['task']}, {sum(t.numel() for t in prior.tensors.values())} values)")
-    return meta
+        return meta
+    from .prior_check import verify_prior
+
+    print(verify_prior(args.prior))  # every check that loading for use runs, the network built
+    return dict(load_prior(args.prior).metadata)
 
 
 def _metadata_change(item: str) -> tuple[str, object]:
@@ -445,32 +629,62 @@ def _metadata_change(item: str) -> tuple[str, object]:
 
 
 # --------------------------------------------------------------------------- parser
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, inclusive: bool = True):
+    """An argparse type: a finite ``kind`` number, at least ``low`` (above it if not ``inclusive``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = f"at least {low}" if inclusive else f"more than {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+positive_float = _number(float, 0, inclusive=False)
+
+
+def device_name(text: str) -> str:
+    try:
+        return check_device_name(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inr-engine", description=__doc__)
+    p = Parser(prog="inr-engine", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("complete", help="complete a sparse label map (a few annotated slices) into a 3D shape")
     c.add_argument("input", help="sparse label map (.nii, .nii.gz, .nrrd): annotated slices, 0 elsewhere")
     c.add_argument("--output", required=True, help="dense label map on exactly the input's grid")
     c.add_argument("--mesh", help="surface mesh (.stl, .ply, .vtp; LPS coordinates as 3D Slicer expects)")
-    c.add_argument("--mesh-step", type=float, default=1.0, help="mesh sampling in voxels (0.5 = twice as fine)")
+    c.add_argument("--mesh-step", type=positive_float, default=1.0,
+                   help="mesh sampling in voxels (0.5 = twice as fine)")
     c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
                    help=f"bundled prior name or prior file (default: {DEFAULT_PRIORS['shape_completion']})")
-    c.add_argument("--steps", type=int, help="fitting steps on the annotated slices (default: the prior's)")
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    c.add_argument("--steps", type=non_negative_int,
+                   help="fitting steps on the annotated slices (default: the prior's)")
+    c.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default: auto)")
     c.add_argument("--report", help="JSON report: slices used, per-step loss, time of each phase")
-    c.add_argument("--label", type=int, help="complete only this label (default: every label)")
+    c.add_argument("--label", type=positive_int, help="complete only this label (default: every label)")
     c.add_argument("--slices", help="annotated slices, e.g. '2:10,18,26;0:30' (default: found automatically)")
     c.add_argument("--reference", help="full ground-truth label map: adds Dice to the report")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=non_negative_int, default=0)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run_complete)
 
@@ -479,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="label map on exactly the input's grid")
     s.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
     s.add_argument("--prior", help="bundled prior name or prior file (default: the method's hippocampus prior)")
-    s.add_argument("--steps", type=int, help="fitting steps on the image's intensities (default: the prior's)")
+    s.add_argument("--steps", type=non_negative_int,
+                   help="fitting steps on the image's intensities (default: the prior's)")
     s.add_argument("--procedure", choices=["fast", "paper"], default="fast",
                    help="nisf: meta-learned latent start (fast) or the paper's N(0, 1e-4) start with Adam")
     s.add_argument("--fit-weights", action="store_true",
@@ -488,16 +703,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refine", action="store_true",
                    help="refine boundaries: re-label the most uncertain voxels with the prior's MORSE-style "
                         "refiner (priors that have one, e.g. hippocampus-metaseg; NISF: fast procedure)")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    s.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default: auto)")
     s.add_argument("--report", help="JSON report: per-step loss, time of each phase, warnings")
     s.add_argument("--reference", help="ground-truth label map: adds Dice per class to the report")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_segment)
 
     d = sub.add_parser("demo", help="complete and segment the shipped samples with the bundled priors")
     d.add_argument("--out", default="inr-engine-demo", help="output folder (default: ./inr-engine-demo)")
-    d.add_argument("--device", default="auto")
+    d.add_argument("--device", type=device_name, default="auto")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=run_demo)
 
@@ -509,25 +724,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "NIfTI/NRRD label maps: every label of every file is a training shape)")
     ts.add_argument("--data", required=True)
     ts.add_argument("--out", required=True, help="prior file to write (.safetensors)")
-    ts.add_argument("--steps", type=int, default=4000, help="outer (meta) steps")
+    ts.add_argument("--steps", type=positive_int, default=4000, help="outer (meta) steps")
     ts.add_argument("--meta-batch", type=positive_int, default=8)
-    ts.add_argument("--lr", type=float, default=3e-4, help="outer Adam learning rate")
-    ts.add_argument("--seed", type=int, default=0)
-    ts.add_argument("--split-seed", type=int, default=0)
-    ts.add_argument("--val-scans", type=int, default=5, help="hn-oar: validation scans")
-    ts.add_argument("--max-val", type=int, default=24, help="validation shapes scored during training")
+    ts.add_argument("--lr", type=positive_float, default=3e-4, help="outer Adam learning rate")
+    ts.add_argument("--seed", type=non_negative_int, default=0)
+    ts.add_argument("--split-seed", type=non_negative_int, default=0)
+    ts.add_argument("--val-scans", type=positive_int, default=5, help="hn-oar: validation scans")
+    ts.add_argument("--max-val", type=non_negative_int, default=24, help="validation shapes scored during training")
     ts.add_argument("--config", nargs="*", help="ShapeConfig overrides, e.g. hidden_features=96 scale_mm=60")
-    ts.add_argument("--device", default="auto")
-    ts.add_argument("--threads", type=int, help="torch CPU threads")
-    ts.add_argument("--data-workers", type=int, default=1,
+    ts.add_argument("--device", type=device_name, default="auto")
+    ts.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    ts.add_argument("--data-workers", type=positive_int, default=1,
                     help="threads drawing training tasks (slice registration); the task sequence depends on "
                          "the seed and this number")
-    ts.add_argument("--time-limit", type=float, help="stop after this many seconds")
-    ts.add_argument("--encoder-steps", type=int, default=3000,
+    ts.add_argument("--time-limit", type=positive_float, help="stop after this many seconds")
+    ts.add_argument("--encoder-steps", type=non_negative_int, default=3000,
                     help="context encoder (--config encoder_channels=16,32,64): supervised steps before meta-learning")
-    ts.add_argument("--encoder-time-limit", type=float, help="stop the context encoder's training after this many s")
+    ts.add_argument("--encoder-time-limit", type=positive_float,
+                    help="stop the context encoder's training after this many s")
     ts.add_argument("--encoder-batch", type=positive_int, default=4, help="context encoder: examples per step")
-    ts.add_argument("--encoder-lr", type=float, default=1e-3, help="context encoder: Adam learning rate")
+    ts.add_argument("--encoder-lr", type=positive_float, default=1e-3, help="context encoder: Adam learning rate")
     ts.add_argument("--encoder-echo", type=positive_int, default=1,
                     help="context encoder: use each prepared example about this many times (data echoing: on a "
                          "CPU, preparing examples is slower than training on them)")
@@ -545,22 +761,25 @@ def build_parser() -> argparse.ArgumentParser:
         tm.add_argument("--data", required=True, help="folder with images/ and labels/ (or imagesTr/, labelsTr/): "
                                                       "NIfTI/NRRD files of the same names")
         tm.add_argument("--out", required=True, help="prior file to write (.safetensors)")
-        tm.add_argument("--steps", type=int, default=3000, help="outer (meta) steps, or auto-decoder steps (nisf)")
-        tm.add_argument("--batch", type=int, default=4 if method == "metaseg" else 8, help="subjects per step")
-        tm.add_argument("--lr", type=float, default=3e-4 if method == "metaseg" else 5e-4)
-        tm.add_argument("--holdout", type=int, default=0, help="subjects left out entirely (for benchmarking)")
-        tm.add_argument("--val", type=int, help="validation subjects for checkpoint selection (default 10%%)")
+        tm.add_argument("--steps", type=positive_int, default=3000,
+                        help="outer (meta) steps, or auto-decoder steps (nisf)")
+        tm.add_argument("--batch", type=positive_int, default=4 if method == "metaseg" else 8, help="subjects per step")
+        tm.add_argument("--lr", type=positive_float, default=3e-4 if method == "metaseg" else 5e-4)
+        tm.add_argument("--holdout", type=non_negative_int, default=0,
+                        help="subjects left out entirely (for benchmarking)")
+        tm.add_argument("--val", type=positive_int, help="validation subjects for checkpoint selection (default 10%%)")
         tm.add_argument("--classes", nargs="*", help="class names, background first")
-        tm.add_argument("--seed", type=int, default=0)
-        tm.add_argument("--split-seed", type=int, default=0)
+        tm.add_argument("--seed", type=non_negative_int, default=0)
+        tm.add_argument("--split-seed", type=non_negative_int, default=0)
         tm.add_argument("--config", nargs="*", help="configuration overrides, e.g. hidden_features=96")
-        tm.add_argument("--device", default="auto")
-        tm.add_argument("--threads", type=int, help="torch CPU threads")
-        tm.add_argument("--time-limit", type=float, help="stop (the first stage) after this many seconds")
+        tm.add_argument("--device", type=device_name, default="auto")
+        tm.add_argument("--threads", type=positive_int, help="torch CPU threads")
+        tm.add_argument("--time-limit", type=positive_float, help="stop (the first stage) after this many seconds")
         tm.add_argument("--log", help="JSON-lines training log")
         tm.add_argument("--description")
         if method == "nisf":
-            tm.add_argument("--latent-steps", type=int, default=300, help="meta-learning steps of the fast latent "
+            tm.add_argument("--latent-steps", type=positive_int, default=300,
+                            help="meta-learning steps of the fast latent "
                                                                         "initialisation")
         tm.set_defaults(func=run_train_segmentation)
 
@@ -571,15 +790,18 @@ def build_parser() -> argparse.ArgumentParser:
     tst.add_argument("--out", required=True, help="prior file to write (.safetensors)")
     tst.add_argument("--kind", choices=["auto", "shape", "segmentation"], default="auto",
                      help="auto: segmentation if the folder has images/, else shape")
-    tst.add_argument("--cases", type=int, default=10, help="use at most this many cases (the first, by file name)")
-    tst.add_argument("--steps", type=int, default=1000, help="joint fitting steps of the shared encoder")
-    tst.add_argument("--time-limit", type=float, default=75.0, help="stop the encoder's fit after this many seconds")
-    tst.add_argument("--fit-steps", type=int, help="the prior's default test-time fitting steps (default: 20 for "
+    tst.add_argument("--cases", type=positive_int, default=10,
+                     help="use at most this many cases (the first, by file name)")
+    tst.add_argument("--steps", type=positive_int, default=1000, help="joint fitting steps of the shared encoder")
+    tst.add_argument("--time-limit", type=positive_float, default=75.0,
+                     help="stop the encoder's fit after this many seconds")
+    tst.add_argument("--fit-steps", type=positive_int,
+                     help="the prior's default test-time fitting steps (default: 20 for "
                                                    "shapes; 10 for segmentation, whose labels fade in longer fits)")
     tst.add_argument("--classes", nargs="*", help="segmentation: class names, background first")
-    tst.add_argument("--seed", type=int, default=0)
-    tst.add_argument("--device", default="auto")
-    tst.add_argument("--threads", type=int, help="torch CPU threads")
+    tst.add_argument("--seed", type=non_negative_int, default=0)
+    tst.add_argument("--device", type=device_name, default="auto")
+    tst.add_argument("--threads", type=positive_int, help="torch CPU threads")
     tst.add_argument("--description")
     tst.set_defaults(func=run_train_strainer)
 
@@ -588,12 +810,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MetaSeg or NISF prior (bundled name or file); NISF: for its fast procedure")
     tr.add_argument("--data", required=True, help="folder with images/ and labels/ (or imagesTr/, labelsTr/)")
     tr.add_argument("--out", required=True, help="prior file to write: the prior with its refiner")
-    tr.add_argument("--cases", type=int, default=48, help="use at most this many subjects (the first, by file name)")
-    tr.add_argument("--iterations", type=int, default=800, help="training iterations of the refiner")
-    tr.add_argument("--holdout", type=int, default=0, help="subjects left out (as in 'train metaseg --holdout')")
-    tr.add_argument("--split-seed", type=int, default=0)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.add_argument("--cases", type=positive_int, default=48,
+                    help="use at most this many subjects (the first, by file name)")
+    tr.add_argument("--iterations", type=positive_int, default=800, help="training iterations of the refiner")
+    tr.add_argument("--holdout", type=non_negative_int, default=0,
+                    help="subjects left out (as in 'train metaseg --holdout')")
+    tr.add_argument("--split-seed", type=non_negative_int, default=0)
+    tr.add_argument("--seed", type=non_negative_int, default=0)
+    tr.add_argument("--threads", type=positive_int, help="torch CPU threads")
     tr.set_defaults(func=run_train_refine)
 
     pr = sub.add_parser("priors", help="list, show, verify or annotate priors; write a folder's SHA256 manifest")
@@ -609,17 +833,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
     except (UsageError, *USER_ERRORS) as exc:
-        print(f"inr-engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, exc)
     except RuntimeError as exc:
         if "CUDA" not in str(exc) and "cuda" not in str(exc):
             raise
-        print(f"inr-engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, exc)
+    except KeyboardInterrupt as exc:
+        print(f"inr-engine {args.command}: interrupted; no output was written or changed", file=sys.stderr)
+        return getattr(exc, "status", 128 + signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _fail(args, exc: BaseException) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever a library put in its message
+    print(f"inr-engine {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from .fit import FitStep
+from .frames import validate_affine
 from .mesh import surface_from_logits
 from .methods.shape_completion import Case, ShapeCompleter
 from .methods.slices import SliceError
 
 MAX_LABELS = 255
+MAX_LABEL_VALUE = 2**31 - 1  # label values are written back as (at most) 32-bit integers
 
 StepCallback = Callable[[int, FitStep, Case], None]  # (label, step, its case) after every fitting step
 
@@ -32,9 +34,19 @@ class Completion:
 
 
 def input_labels(array: np.ndarray) -> list[int]:
-    """The foreground labels of a sparse label map, after checking it is one."""
+    """The foreground labels of a sparse label map, after checking it is one.
+
+    The one check of label maps: the CLI, the Slicer logic and training data all use it.
+    """
+    array = np.asarray(array)
     if array.ndim != 3:
         raise SliceError(f"expected a 3D label map, got {array.ndim}D data")
+    if array.size == 0:
+        raise SliceError(f"the label map is empty (shape {array.shape})")
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    elif not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise SliceError(f"expected a label map of integers, got {array.dtype} values")
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise SliceError("the label map contains NaN or infinite values")
@@ -43,12 +55,21 @@ def input_labels(array: np.ndarray) -> list[int]:
     values = np.unique(array)
     if values.min() < 0:
         raise SliceError("label maps must not contain negative labels")
+    if values.max() > MAX_LABEL_VALUE:
+        raise SliceError(f"the label value {values.max():g} is larger than a label map holds ({MAX_LABEL_VALUE})")
     labels = [int(v) for v in values if v != 0]
     if len(labels) > MAX_LABELS:
         raise SliceError(f"the input has {len(labels)} distinct values: expected a label map (at most {MAX_LABELS} "
                          "labels), not an image")
     if not labels:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
+    return labels
+
+
+def check_sparse_labelmap(array: np.ndarray, affine: np.ndarray) -> list[int]:
+    """Check a sparse label map and its geometry before any work; returns its foreground labels."""
+    labels = input_labels(array)
+    validate_affine(affine)
     return labels
 
 
@@ -61,7 +82,7 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     Overlaps between labels go to the label with the highest logit. ``prepared`` holds cases a
     caller already made with ``completer.prepare`` (e.g. to check the input early), by label.
     """
-    labels = input_labels(array)
+    labels = check_sparse_labelmap(array, affine)
     if label is not None:
         if label not in labels:
             raise SliceError(f"label {label} is not in the input (labels present: {labels})")

@@ -8,6 +8,7 @@ never leaves a half-written output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ def file_format(path: str | Path) -> str:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a 3D NIfTI or NRRD file; a trailing singleton 4th dimension is dropped."""
+    """Read a 3D NIfTI or NRRD file; a trailing singleton 4th dimension is dropped.
+
+    The header is checked (dimensions, size) before any voxel is read.
+    """
     path = Path(path)
     fmt = file_format(path)
     if not path.is_file():
@@ -65,10 +69,6 @@ def read_volume(path: str | Path) -> Volume:
     array = volume.array
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
-    if array.ndim != 3:
-        raise VolumeError(f"{path}: expected a 3D volume, got {array.ndim}D data of shape {array.shape}")
-    if array.size > MAX_VOXELS:
-        raise VolumeError(f"{path}: {array.size} voxels is more than this engine handles ({MAX_VOXELS})")
     volume.array = array
     try:
         volume.affine = validate_affine(volume.affine)
@@ -77,16 +77,47 @@ def read_volume(path: str | Path) -> Volume:
     return volume
 
 
+def check_grid_shape(shape: tuple[int, ...]) -> None:
+    """Refuse what is not a 3D grid of at most MAX_VOXELS voxels (a trailing singleton 4th axis is allowed)."""
+    shape = tuple(int(n) for n in shape)
+    spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(spatial) != 3:
+        raise VolumeError(f"expected a 3D volume, got {len(shape)}D data of shape {shape}")
+    if min(spatial) < 1:
+        raise VolumeError(f"the volume is empty (shape {spatial})")
+    if math.prod(spatial) > MAX_VOXELS:
+        raise VolumeError(f"{math.prod(spatial)} voxels is more than this engine handles ({MAX_VOXELS}): "
+                          "crop or resample the volume")
+
+
 def _read_nifti(path: Path) -> Volume:
     img = nib.load(str(path))
+    check_grid_shape(img.shape)  # from the header: nothing read yet
     return Volume(np.asarray(img.dataobj), img.affine, img.header, "nifti")
 
 
 def _read_nrrd(path: Path) -> Volume:
+    header = nrrd.read_header(str(path))
+    check_grid_shape(tuple(header.get("sizes", ())))
     data, header = nrrd.read(str(path))
-    if data.ndim not in (3, 4):  # reported as a dimensionality error by read_volume
-        return Volume(data, np.eye(4), header, "nrrd")
     return Volume(data, _nrrd_affine(header), header, "nrrd")
+
+
+def volume_files(path: str | Path, reading: bool = False) -> list[Path]:
+    """The files a volume path stands for: itself and, for a detached NRRD header (``.nhdr``),
+    its data file (named in the header when ``reading`` an existing one, else as we write it)."""
+    path = Path(path)
+    if path.suffix.lower() != ".nhdr":
+        return [path]
+    if not reading:
+        return [path, path.with_suffix(".raw.gz")]
+    try:
+        data_file = nrrd.read_header(str(path)).get("data file")
+    except Exception:  # unreadable headers are reported when the volume is read
+        return [path]
+    if not isinstance(data_file, str) or data_file.upper().startswith("LIST") or "%" in data_file:
+        return [path]
+    return [path, path.parent / data_file]
 
 
 def _nrrd_affine(header: dict) -> np.ndarray:

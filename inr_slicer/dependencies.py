@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REQUIREMENTS_FILE = Path(__file__).resolve().with_name("requirements.txt")
-TORCH_REQUIREMENT = ">=2.3"  # the engine's floor (pyproject.toml: "any PyTorch >= 2.3 works")
+TORCH_REQUIREMENT = ">=2.8"  # the engine's floor (pyproject.toml), which MONAI 1.6 needs too
 REQUESTER = "INR Segmentation"
 
 _ensured = False  # everything was importable once in this session: later Applies skip the checks

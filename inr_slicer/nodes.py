@@ -129,10 +129,14 @@ def labelmap_mask(node, label: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One label of a label map volume as a boolean mask; ``label`` 0 means its only label."""
     if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputError("no input label map selected")
+    from inr_engine.complete import input_labels
+    from inr_engine.methods.slices import SliceError
+
     array, affine = volume_array(node)
-    present = [int(v) for v in np.unique(array) if v != 0]
-    if not present:
-        raise InputError(f"label map {node.GetName()!r} is empty: paint the structure on a few slices first")
+    try:
+        present = input_labels(array)  # the engine's checks: integer, finite, not negative, not empty
+    except SliceError as exc:
+        raise InputError(f"label map {node.GetName()!r}: {exc}") from exc
     if label == 0:
         if len(present) > 1:
             raise InputError(f"label map {node.GetName()!r} has labels {present}: choose which one to complete")

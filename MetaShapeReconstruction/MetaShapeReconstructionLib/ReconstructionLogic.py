@@ -56,12 +56,13 @@ class ReconstructionLogic:
 
     def start(self, request: ReconstructionRequest) -> FitRun:
         """Check the inputs and start fitting; bad input raises before the scene changes."""
-        from inr_engine.complete import complete_labelmap, completion_surface
+        from inr_engine.complete import check_sparse_labelmap, complete_labelmap, completion_surface
         from inr_engine.decode import labels_on_grid
 
         if request.steps < 0 or request.model_step < 0:
             raise ValueError("steps and the model step must be 0 (the defaults) or more")
         shape = self._input_shape(request)
+        check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
         completer = load_completer(request.prior, request.device)

@@ -97,7 +97,10 @@ def bad_priors(tmp_path_factory, tiny_prior):
 
 
 def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -282,7 +285,8 @@ def test_non_finite_prior_exits_2(tmp_path, capsys, inputs, tiny_prior, value):
 
 @pytest.mark.parametrize("extra, message", [
     (["--label", "9"], "label 9 is not in the input"),
-    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--steps", "-1"], "argument --steps: must be at least 0"),
+    (["--mesh-step", "0"], "argument --mesh-step: must be more than 0"),
     (["--slices", "2:a,b"], "--slices"),
     (["--slices", "5:1,2"], "axes are 0, 1 or 2"),
     (["--slices", "2:3,40"], "out of range"),
@@ -310,7 +314,7 @@ def test_output_refusals(tmp_path, capsys, inputs, tiny_prior):
     shutil.copy(inputs / "sparse.nii.gz", src)
     original = src.read_bytes()
     code, _, err = _run(capsys, "complete", src, "--output", src, "--prior", tiny_prior, "--quiet")
-    assert code == 2 and "overwrite" in err
+    assert code == 2 and "would be overwritten" in err
     assert src.read_bytes() == original
     code, _, err = _run(capsys, "complete", src, "--output", work / "done.mha", "--prior", tiny_prior, "--quiet")
     assert code == 2 and "unsupported file type" in err
@@ -325,7 +329,7 @@ def test_unwritable_output_exits_2(tmp_path, capsys, inputs, tiny_prior):
                             "--report", out / "report.json", "--prior", tiny_prior, "--steps", 1, "--quiet")
     finally:
         assert _listing(out) == ["done.nii.gz"]  # nothing else written, no temporary file left
-    assert code == 2 and "done.nii.gz" in err
+    assert code == 2 and "done.nii.gz is a folder" in err
 
 
 def test_argparse_errors_exit_2(capsys):

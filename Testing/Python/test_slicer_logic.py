@@ -25,6 +25,7 @@ from inr_engine.methods.segmentation import SegmentationError  # noqa: E402
 from inr_engine.methods.slices import SliceError, sparsify  # noqa: E402
 from inr_engine.metrics import dice  # noqa: E402
 from inr_engine.priors import PriorError, read_metadata, resolve  # noqa: E402
+from inr_engine.runtime import DeviceError  # noqa: E402
 from inr_slicer import worker  # noqa: E402
 from inr_slicer.nodes import InputError, array_to_matrix, oriented_image_array, segment_mask, volume_array  # noqa: E402
 from inr_slicer.worker import Cancelled, FitRun, Progress, RunState  # noqa: E402
@@ -183,7 +184,7 @@ def test_segmentation_bad_input_is_refused_and_the_scene_is_unchanged(scene, cas
         request.volume, error = load(scene, f"{HIPPOCAMPUS}_labels.nii.gz"), SegmentationError
     elif case == "cuda-missing":
         pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has CUDA")
-        request.device, error = "cuda", RuntimeError
+        request.device, error = "cuda", DeviceError
     elif case == "foreign-prior":
         request.prior, error = "adrenal", PriorError
     elif case == "negative-steps":

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..meta import sub_params
-from ..priors import Prior, PriorError, load_prior, save_prior
+from ..priors import Prior, PriorError, error_summary, load_prior, save_prior
 from . import morse
 from .metaseg import MetaSegSegmenter
 from .nisf import TASK as NISF_TASK
@@ -156,20 +156,30 @@ def save_refined_prior(prior: Prior, renderer: morse.BoundaryRenderer, out: str 
 
 
 def load_refiner(segmenter: RefinableSegmenter) -> morse.BoundaryRenderer:
-    """The renderer stored in the segmenter's prior; :class:`PriorError` if it has none."""
+    """The renderer stored in the segmenter's prior; :class:`PriorError` (one line) if it has none
+    or it does not fit the segmenter."""
     prior = segmenter.prior
     name = prior.path if prior is not None else "this prior"
     if prior is None or "refinement" not in prior.metadata:
         raise PriorError(f"{name} has no boundary refiner: add one with 'inr-engine train refine'")
-    procedure = getattr(segmenter, "procedure", None)
-    if procedure is not None and procedure != prior.metadata["refinement"].get("procedure", "fast"):
-        raise PriorError(f"{name}: the boundary refiner was trained on the fast procedure's features, "
-                         f"not the {procedure} procedure's")
-    renderer = refiner_for(segmenter)
+    refinement = prior.metadata["refinement"]
+    if not isinstance(refinement, dict):
+        raise PriorError(f"{name}: its refinement metadata is not an object: re-create the refiner with "
+                         "'inr-engine train refine'")
+    procedure, trained_on = getattr(segmenter, "procedure", None), refinement.get("procedure", "fast")
+    if procedure is not None and procedure != trained_on:
+        raise PriorError(f"{name}: the boundary refiner was trained on the {trained_on} procedure's features, "
+                         f"not the {procedure} procedure's: segment with procedure {trained_on!r}, or without "
+                         "refinement")
+    if not any(k.startswith(PREFIX) for k in prior.tensors):
+        raise PriorError(f"{name}: its metadata describes a boundary refiner but it holds no {PREFIX}* tensors: "
+                         "re-create the refiner with 'inr-engine train refine'")
     try:
+        renderer = refiner_for(segmenter)
         renderer.load_state_dict(sub_params(prior.tensors, PREFIX))
-    except RuntimeError as exc:
-        raise PriorError(f"{prior.path}: the boundary refiner does not match this engine ({exc})") from exc
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise PriorError(f"{prior.path}: the boundary refiner does not match this engine "
+                         f"({error_summary(exc)})") from exc
     return renderer.eval()
 
 

@@ -25,13 +25,15 @@ from torch.func import functional_call
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
-from ..meta import MetaLearner, sub_params
+from ..meta import ALGORITHMS, MetaLearner, sub_params
 from ..networks import Siren
-from ..priors import SEGMENTATION_TASKS, Prior, PriorError, initialisation_tensors, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, error_summary, initialisation_tensors, prior_config
 from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["metaseg"]
 CLASS_NAMES = ("background", "anterior", "posterior")
+
+DECODER_INITS = ("prior", "least_squares")  # the class head from the prior, or by least squares at test time
 
 
 @dataclass
@@ -119,14 +121,24 @@ class MetaSegSegmenter:
 
     @classmethod
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> MetaSegSegmenter:
+        """The segmenter a prior describes; :class:`PriorError` (one line) for any prior it cannot build."""
         cfg = prior_config(prior, TASK, MetaSegConfig, "MetaSeg")
-        meta = prior.metadata
-        model = MetaSegINR(cfg)
+        if cfg.algorithm not in (*ALGORITHMS, "strainer"):
+            raise PriorError(f"{prior.path}: config.algorithm {cfg.algorithm!r} is none of this engine's "
+                             f"({', '.join(ALGORITHMS)}, strainer): use a prior trained with this engine version")
+        if cfg.decoder_init not in DECODER_INITS:
+            raise PriorError(f"{prior.path}: config.decoder_init {cfg.decoder_init!r} is neither 'prior' nor "
+                             "'least_squares': use a prior trained with this engine version")
+        try:
+            model = MetaSegINR(cfg)
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
         try:
             init, sizes = _split(prior.tensors, model)
         except KeyError as exc:
             raise PriorError(f"{prior.path} lacks tensor {exc}: not a prior of this architecture") from exc
         _check_shapes(prior, model, init, sizes)
+        meta = prior.metadata  # its intensity statistics were checked by prior_config
         reference = IntensityReference.from_metadata(meta["intensity"]) if "intensity" in meta else None
         seg = cls(cfg, init, sizes, reference, device)
         seg.prior = prior
@@ -182,9 +194,10 @@ class MetaSegSegmenter:
 
 def _check_shapes(prior: Prior, model: nn.Module, init, sizes) -> None:
     for k, p in model.named_parameters():
-        if init[k].shape != p.shape or (k in sizes and sizes[k].shape != p.shape):
-            raise PriorError(f"{prior.path}: tensor {k} has shape {tuple(init[k].shape)}, expected "
-                             f"{tuple(p.shape)}: prior and engine architectures differ")
+        for name, tensor in ((f"init.{k}", init[k]), (f"step_size.{k}", sizes.get(k))):
+            if tensor is not None and tensor.shape != p.shape:
+                raise PriorError(f"{prior.path}: tensor {name} has shape {tuple(tensor.shape)}, expected "
+                                 f"{tuple(p.shape)}: prior and engine architectures differ")
 
 
 def _split(tensors: dict[str, torch.Tensor], model: MetaSegINR):

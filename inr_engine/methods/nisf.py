@@ -36,7 +36,7 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import GaborResMLP
-from ..priors import SEGMENTATION_TASKS, Prior, PriorError, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, error_summary, prior_config
 from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["nisf"]
@@ -171,19 +171,33 @@ class NISFSegmenter:
     @classmethod
     def from_prior(cls, prior: Prior, procedure: str = "fast", fit_weights: bool = False,
                    device: torch.device | str = "cpu") -> NISFSegmenter:
+        """The segmenter a prior describes, for ``procedure``; :class:`PriorError` (one line) for any
+        prior it cannot build."""
+        if procedure not in PROCEDURES:
+            raise ValueError(f"unknown NISF procedure {procedure!r}; choose from {PROCEDURES}")
         cfg = prior_config(prior, TASK, NISFConfig, "NISF")
-        meta = prior.metadata
+        if cfg.fast_adapts not in FAST_ADAPTS:
+            raise PriorError(f"{prior.path}: config.fast_adapts {cfg.fast_adapts!r} is none of {FAST_ADAPTS}: "
+                             "use a prior trained with this engine version")
+        try:
+            network = NISFNetwork(cfg)
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
         weights, sizes = {}, {}
-        for k, p in NISFNetwork(cfg).named_parameters():
+        for k, p in network.named_parameters():
             for name in (f"{procedure}.{k}", f"step_size.{k}"):
                 if name in prior.tensors and prior.tensors[name].shape != p.shape:
-                    raise PriorError(f"{prior.path}: tensor {name} has the wrong shape: prior and engine "
-                                     "architectures differ")
+                    raise PriorError(f"{prior.path}: tensor {name} has shape {tuple(prior.tensors[name].shape)}, "
+                                     f"expected {tuple(p.shape)}: prior and engine architectures differ")
             if f"{procedure}.{k}" not in prior.tensors:
                 raise PriorError(f"{prior.path}: tensor {procedure}.{k} is missing: not a NISF prior of this engine")
             weights[k] = prior.tensors[f"{procedure}.{k}"]
             if f"step_size.{k}" in prior.tensors:
                 sizes[k] = prior.tensors[f"step_size.{k}"]
+        if procedure == "fast" and not sizes:
+            raise PriorError(f"{prior.path} has no meta-learned step sizes (step_size.*) for the fast procedure; "
+                             "use procedure 'paper'")
+        meta = prior.metadata  # its intensity statistics were checked by prior_config
         reference = IntensityReference.from_metadata(meta["intensity"]) if "intensity" in meta else None
         seg = cls(cfg, weights, sizes, procedure, fit_weights, reference, device)
         seg.prior = prior

@@ -33,9 +33,9 @@ from torch.func import functional_call
 from ..decode import chunk_size, decode_box, labels_on_grid
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
-from ..meta import MetaLearner, sub_params
+from ..meta import ALGORITHMS, MetaLearner, sub_params
 from ..networks import Siren
-from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, initialisation_tensors, prior_config
+from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, error_summary, initialisation_tensors, prior_config
 from ..runtime import thread_map
 from .slice_encoder import ENCODER_LOGIT_SCALE, EncodedEvidence, SliceEncoder
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
@@ -353,21 +353,29 @@ class ShapeCompleter:
 
     @classmethod
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> ShapeCompleter:
+        """The completer a prior describes; :class:`PriorError` (one line) for any prior it cannot build."""
         cfg = prior_config(prior, TASK, ShapeConfig, "shape completion")
         meta = prior.metadata
         evidence = meta.get("architecture", {}).get("evidence")
         if evidence != EVIDENCE_VERSION:
             raise PriorError(f"{prior.path} was trained on {evidence or 'an earlier slice evidence'!r}; this engine "
                              f"computes {EVIDENCE_VERSION!r}: use a prior trained with this engine version")
-        model = OccupancyINR(cfg)
+        if cfg.algorithm not in (*ALGORITHMS, "strainer"):
+            raise PriorError(f"{prior.path}: config.algorithm {cfg.algorithm!r} is none of this engine's "
+                             f"({', '.join(ALGORITHMS)}, strainer): use a prior trained with this engine version")
+        try:
+            model = OccupancyINR(cfg)
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
         try:
             init, sizes = _split(prior.tensors, model)
         except KeyError as exc:
             raise PriorError(f"{prior.path} lacks tensor {exc}: not a prior of this architecture") from exc
         for k, p in model.named_parameters():
-            if init[k].shape != p.shape or sizes[k].shape != p.shape:
-                raise PriorError(f"{prior.path}: tensor {k} has shape {tuple(init[k].shape)}, "
-                                 f"expected {tuple(p.shape)}: prior and engine architectures differ")
+            for name, tensor in ((f"init.{k}", init[k]), (f"step_size.{k}", sizes[k])):
+                if tensor.shape != p.shape:
+                    raise PriorError(f"{prior.path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                     f"expected {tuple(p.shape)}: prior and engine architectures differ")
         completer = cls(cfg, init, sizes, device, _load_encoder(prior, cfg))
         completer.prior = prior
         return completer
@@ -420,12 +428,16 @@ ENCODER_PREFIX = "encoder."  # the context encoder's weights in a prior file
 def _load_encoder(prior: Prior, cfg: ShapeConfig) -> SliceEncoder | None:
     if not cfg.encoder_channels:
         return None
-    encoder = SliceEncoder(cfg.encoder_channels)
+    try:
+        encoder = SliceEncoder(cfg.encoder_channels)
+    except (ValueError, TypeError, AssertionError) as exc:  # MONAI's UNet refuses e.g. a single level
+        raise PriorError(f"{prior.path}: config.encoder_channels {list(cfg.encoder_channels)} does not make a "
+                         f"context encoder ({error_summary(exc)}): use a prior trained with this engine") from exc
     try:
         encoder.load_state_dict(sub_params(prior.tensors, ENCODER_PREFIX))
     except RuntimeError as exc:
         raise PriorError(f"{prior.path}: its context encoder does not match its configuration "
-                         f"(channels {list(cfg.encoder_channels)}): {str(exc).splitlines()[0]}") from exc
+                         f"(channels {list(cfg.encoder_channels)}): {error_summary(exc)}") from exc
     return encoder
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -91,14 +93,33 @@ def draw_meta_batch(shapes: list[Shape], cfg: ShapeConfig, rng: np.random.Genera
     return collate(_draw(shapes, rng, size, lambda shape: sample_task(shape.mask, shape.affine, cfg, rng, encoder)))
 
 
+MAX_FAILED_DRAWS = 1000  # tries in a row without a usable task before the shapes are declared unusable
+
+
 def _draw(shapes: list[Shape], rng: np.random.Generator, size: int, make: Callable[[Shape], object]) -> list:
-    """``size`` non-None results of ``make`` on randomly chosen shapes."""
-    out = []
+    """``size`` non-None results of ``make`` on randomly chosen shapes; raises SliceError when
+    there are no shapes or none gives a task in ``MAX_FAILED_DRAWS`` tries (no endless loop)."""
+    if not shapes:
+        raise SliceError("no training shapes: the data left none to train on")
+    out, failed = [], 0
     while len(out) < size:
         item = make(shapes[int(rng.integers(len(shapes)))])
         if item is not None:
             out.append(item)
+            failed = 0
+            continue
+        failed += 1
+        if failed >= MAX_FAILED_DRAWS:
+            raise SliceError(f"no training task could be made from the {len(shapes)} training shape(s) in "
+                             f"{failed} tries: they are too small for the simulated slices; train on larger shapes")
     return out
+
+
+class _WorkerFailure:
+    """What a worker hands on instead of a batch when drawing it raised ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 class TaskStream:
@@ -106,42 +127,81 @@ class TaskStream:
 
     ``draw(rng)`` makes one batch. Worker ``i`` of ``workers`` draws batches ``i, i + workers,
     ...`` from its own generator and the stream hands them out in that order, so the sequence
-    depends on the seed and the number of workers, not on thread timing. Use it as a context
-    manager (or call ``close``): threads still inside native code when the interpreter exits
-    abort the process.
+    depends on the seed and the number of workers, not on thread timing. An exception raised by
+    ``draw`` reaches the consumer: the call that would have returned that batch re-raises it
+    (the same exception, so a user error stays one), and so does every later call. Use it as a
+    context manager (or call ``close``): threads still inside native code when the interpreter
+    exits abort the process. The workers are daemon threads and ``close`` waits for them for at
+    most ``close_timeout_s`` seconds, so neither an error nor Ctrl-C can hang on them.
     """
 
+    POLL_S = 0.1  # how often a waiting worker or consumer checks for a stop or a dead worker
+
     def __init__(self, draw: Callable[[np.random.Generator], object], seed: int, workers: int = 1,
-                 prefetch: int = 4):
+                 prefetch: int = 4, close_timeout_s: float = 30.0):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.draw = draw
+        self.close_timeout_s = close_timeout_s
         self.queues = [queue.Queue(max(1, prefetch // workers)) for _ in range(workers)]
         self.turn = 0
+        self.error: BaseException | None = None
         self.stopping = threading.Event()
         rngs = np.random.default_rng(seed).spawn(workers) if workers > 1 else [np.random.default_rng(seed)]
-        self.threads = [threading.Thread(target=self._fill, args=(q, rng), daemon=True)
-                        for q, rng in zip(self.queues, rngs)]
+        self.threads = [threading.Thread(target=self._fill, args=(q, rng), daemon=True, name=f"TaskStream-{i}")
+                        for i, (q, rng) in enumerate(zip(self.queues, rngs))]
         for thread in self.threads:
             thread.start()
 
     def _fill(self, out: queue.Queue, rng: np.random.Generator) -> None:
-        while not self.stopping.is_set():
-            batch = self.draw(rng)
+        try:
             while not self.stopping.is_set():
-                try:
-                    out.put(batch, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+                if not self._put(out, self.draw(rng)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(out, _WorkerFailure(exc))
+
+    def _put(self, out: queue.Queue, item) -> bool:
+        """Put ``item`` once there is room; False if the stream stopped first."""
+        while not self.stopping.is_set():
+            try:
+                out.put(item, timeout=self.POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __call__(self):
-        batch = self.queues[self.turn].get()
+        if self.error is not None:
+            raise self.error
+        source, worker = self.queues[self.turn], self.threads[self.turn]
+        while True:
+            try:
+                item = source.get(timeout=self.POLL_S)  # a timeout: Ctrl-C and dead workers are noticed
+                break
+            except queue.Empty:
+                if self.stopping.is_set():
+                    raise RuntimeError("the task stream is closed") from None
+                if not worker.is_alive() and source.empty():
+                    raise RuntimeError(f"data worker {worker.name} stopped without a batch or an error") from None
+        if isinstance(item, _WorkerFailure):
+            self.error = item.error
+            self.stopping.set()  # the other workers stop after their current batch
+            raise item.error
         self.turn = (self.turn + 1) % len(self.queues)
-        return batch
+        return item
 
     def close(self) -> None:
+        """Stop the workers and wait for each to finish its current batch, at most
+        ``close_timeout_s`` seconds in all (they are daemon threads: a stuck one cannot hang)."""
         self.stopping.set()
+        deadline = time.monotonic() + self.close_timeout_s
         for thread in self.threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        if stuck:
+            warnings.warn(f"data workers {', '.join(stuck)} still drawing after {self.close_timeout_s:g} s; "
+                          "not waiting for them", RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> TaskStream:
         return self
