@@ -235,17 +235,11 @@ def test_cli_bad_input(ws, capsys, argv, message):
 
 
 # ------------------------------------------------------------------------ the Slicer logic
-slicer = pytest.importorskip("slicer")
-
-from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest  # noqa: E402
-from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest  # noqa: E402
-
-from inr_slicer.nodes import array_to_matrix  # noqa: E402
-
-
 def _volume_node(scene, array: np.ndarray, affine: np.ndarray, labelmap: bool = False):
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk
+
+    from inr_slicer.nodes import array_to_matrix
 
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", "input")
     image = vtk.vtkImageData()
@@ -296,6 +290,7 @@ LOGIC_CASES = [
 
 @pytest.fixture
 def scene():
+    slicer = pytest.importorskip("slicer")  # the slicer-core wheel (the test extra)
     scene = slicer.vtkMRMLScene()
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)
@@ -305,6 +300,9 @@ def scene():
 
 @pytest.mark.parametrize("name, logic, message", [pytest.param(f, lg, m, id=i) for i, f, lg, m in LOGIC_CASES])
 def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic, message):
+    from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
+    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+
     array, affine = _raw_volume(ws / name)
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "earlier output")
     if logic == "complete":
@@ -334,7 +332,12 @@ def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic,
 def _cli_process(*argv, cwd: Path) -> subprocess.Popen:
     code = "import sys; from inr_engine.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """In the child: SIGINT as in a terminal, even if this test runs where it is ignored (a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(condition, timeout: float) -> None:

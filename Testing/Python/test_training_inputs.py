@@ -8,6 +8,7 @@ Everything runs on small synthetic volumes and the shipped samples; nothing is m
 from __future__ import annotations
 
 import _thread
+import signal
 import subprocess
 import sys
 import threading
@@ -153,6 +154,8 @@ def test_ctrl_c_while_waiting_for_a_batch_does_not_hang():
 
     timer = threading.Timer(0.3, _thread.interrupt_main)
     start = time.perf_counter()
+    # interrupt_main does nothing while SIGINT is ignored (as in a job a shell put in the background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="still drawing"):
             with TaskStream(draw, seed=0, workers=2, close_timeout_s=0.5) as stream:
@@ -160,6 +163,7 @@ def test_ctrl_c_while_waiting_for_a_batch_does_not_hang():
                 stream()
     finally:
         never.set()
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 5
 
 
