@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .complete import MAX_MESH_STEP
 from .datasets import check_split
 from .files import OutputError, RunOutputs
 from .frames import GeometryError
@@ -72,11 +73,15 @@ def _volume_input(run: RunOutputs, option: str, path: str | None) -> None:
 
 
 def _prior_input(run: RunOutputs, option: str, name_or_path: str | None) -> None:
-    """A prior the run reads: a bundled name, or a file (which no output may overwrite)."""
-    from .priors import resolve
+    """A prior the run reads (a bundled name, or a file) and the manifest beside it, whose
+    checksum it checks: no output may overwrite either."""
+    from .priors import MANIFEST, resolve
 
     if name_or_path is not None:
-        run.add_input(option, resolve(name_or_path))
+        path = resolve(name_or_path)
+        run.add_input(option, path)
+        if (path.parent / MANIFEST).is_file():
+            run.add_input(f"the manifest of {option}", path.parent / MANIFEST)
 
 
 def _volume_output(run: RunOutputs, option: str, path: str) -> None:
@@ -156,6 +161,7 @@ def _complete(args, run: RunOutputs) -> dict:
 
 def _reference(path: str | None, volume):
     """The ``--reference`` label map, checked against the input's grid before any work."""
+    from .complete import input_labels
     from .io import read_volume
 
     if path is None:
@@ -163,6 +169,11 @@ def _reference(path: str | None, volume):
     ref = read_volume(path)
     if ref.shape != volume.shape or not np.allclose(ref.affine, volume.affine, atol=1e-4):
         raise GeometryError(f"--reference {path} is not on the input's grid")
+    if ref.array.any():
+        try:
+            input_labels(ref.array)
+        except SliceError as exc:
+            raise VolumeError(f"--reference {path} is not a label map: {exc}") from exc
     return ref
 
 
@@ -316,10 +327,12 @@ class _Training:
             raise UsageError(f"--out {args.out}: a prior file ends in .safetensors")
         self.args, self.run = args, run
         run.add_inputs("--data", _data_files(args.data))
-        _prior_input(run, prior_option, prior)
-        run.add_output("--out", args.out)
         self.checkpoint = checkpoint_path(args.out)
-        run.reserve("the checkpoint", self.checkpoint)
+        continued = prior is not None and Path(prior).resolve() == self.checkpoint.resolve()
+        if not continued:  # continuing from --out's own checkpoint: the new best ones replace it
+            _prior_input(run, prior_option, prior)
+            run.reserve("the checkpoint", self.checkpoint)
+        run.add_output("--out", args.out)
         self.log = None
         if getattr(args, "log", None):
             run.add_output("--log", args.log)
@@ -591,6 +604,8 @@ def _json_or_text(text: str):
 def run_priors(args) -> dict:
     from .priors import BUNDLED_DIR, bundled_priors, load_prior, set_metadata, write_manifest
 
+    if args.action in ("set", "manifest") and args.prior is None:
+        raise UsageError(f"priors {args.action}: name the prior file (set) or the folder of priors (manifest)")
     if args.action == "set":
         changes = dict(_metadata_change(item) for item in args.set or [])
         if not changes:
@@ -608,14 +623,15 @@ def run_priors(args) -> dict:
             print(f"{name:24s} {e['task']:18s} {e['description']}")
         print(f"({BUNDLED_DIR})")
         return entries
+    prior = args.prior or DEFAULT_PRIORS["shape_completion"]
     if args.action == "show":
-        meta = dict(load_prior(args.prior).metadata)  # verifies format, metadata and checksum
+        meta = dict(load_prior(prior).metadata)  # verifies format, metadata and checksum
         print(json.dumps(meta, indent=2))
         return meta
     from .prior_check import verify_prior
 
-    print(verify_prior(args.prior))  # every check that loading for use runs, the network built
-    return dict(load_prior(args.prior).metadata)
+    print(verify_prior(prior))  # every check that loading for use runs, the network built
+    return dict(load_prior(prior).metadata)
 
 
 def _metadata_change(item: str) -> tuple[str, object]:
@@ -636,8 +652,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, low: float, inclusive: bool = True):
-    """An argparse type: a finite ``kind`` number, at least ``low`` (above it if not ``inclusive``)."""
+def _number(kind: type, low: float, inclusive: bool = True, high: float = math.inf):
+    """An argparse type: a finite ``kind`` number, at least ``low`` (above it if not ``inclusive``),
+    at most ``high``."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -646,7 +663,10 @@ def _number(kind: type, low: float, inclusive: bool = True):
                                              f"got {text!r}") from None
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
             bound = f"at least {low}" if inclusive else f"more than {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+            finite = "" if kind is int else "a finite number "
+            raise argparse.ArgumentTypeError(f"must be {finite}{bound}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -673,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="sparse label map (.nii, .nii.gz, .nrrd): annotated slices, 0 elsewhere")
     c.add_argument("--output", required=True, help="dense label map on exactly the input's grid")
     c.add_argument("--mesh", help="surface mesh (.stl, .ply, .vtp; LPS coordinates as 3D Slicer expects)")
-    c.add_argument("--mesh-step", type=positive_float, default=1.0,
+    c.add_argument("--mesh-step", type=_number(float, 0, inclusive=False, high=MAX_MESH_STEP), default=1.0,
                    help="mesh sampling in voxels (0.5 = twice as fine)")
     c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
                    help=f"bundled prior name or prior file (default: {DEFAULT_PRIORS['shape_completion']})")
@@ -734,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--config", nargs="*", help="ShapeConfig overrides, e.g. hidden_features=96 scale_mm=60")
     ts.add_argument("--device", type=device_name, default="auto")
     ts.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    ts.add_argument("--data-workers", type=positive_int, default=1,
+    ts.add_argument("--data-workers", type=_number(int, 1, high=64), default=1,
                     help="threads drawing training tasks (slice registration); the task sequence depends on "
                          "the seed and this number")
     ts.add_argument("--time-limit", type=positive_float, help="stop after this many seconds")
@@ -822,11 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("priors", help="list, show, verify or annotate priors; write a folder's SHA256 manifest")
     pr.add_argument("action", choices=["list", "show", "verify", "set", "manifest"])
-    pr.add_argument("prior", nargs="?", default="adrenal",
-                    help="bundled name or file (show, verify, set); a folder of priors (manifest)")
+    pr.add_argument("prior", nargs="?",
+                    help="bundled name or file (show, verify; default: adrenal), a prior file (set), a folder of "
+                         "priors (manifest)")
     pr.add_argument("--set", action="append", metavar="KEY=JSON",
                     help="set: change descriptive metadata, e.g. --set class_colors='[[0,0,0],[1,0.8,0.2]]' "
-                         "(description, classes, class_colors; repeatable)")
+                         "(description, classes, class_colors, name, license; repeatable)")
     pr.set_defaults(func=run_priors)
     return p
 
@@ -838,8 +859,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (UsageError, *USER_ERRORS) as exc:
         return _fail(args, exc)
+    except MemoryError as exc:
+        return _fail(args, f"not enough memory for this input or configuration ({exc or 'MemoryError'}); use a "
+                           "smaller input, configuration or batch")
     except RuntimeError as exc:
-        if "CUDA" not in str(exc) and "cuda" not in str(exc):
+        if not any(word in str(exc) for word in ("CUDA", "cuda", "allocate")):  # other RuntimeErrors are bugs
             raise
         return _fail(args, exc)
     except KeyboardInterrupt as exc:
@@ -854,7 +878,7 @@ def _interrupt(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
-def _fail(args, exc: BaseException) -> int:
+def _fail(args, exc: BaseException | str) -> int:
     message = " ".join(str(exc).split())  # one line, whatever a library put in its message
     print(f"inr-engine {args.command}: error: {message}", file=sys.stderr)
     return 2

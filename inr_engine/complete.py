@@ -21,6 +21,7 @@ from .methods.shape_completion import Case, ShapeCompleter
 from .methods.slices import SliceError
 
 MAX_LABELS = 255
+MAX_MESH_STEP = 8.0  # mesh sampling in voxels: coarser meshes lose small structures entirely
 MAX_LABEL_VALUE = 2**31 - 1  # label values are written back as (at most) 32-bit integers
 
 StepCallback = Callable[[int, FitStep, Case], None]  # (label, step, its case) after every fitting step

@@ -13,6 +13,7 @@ naming it, and :func:`check_split` refuses splits that leave too little to train
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,14 @@ def crop_to_object(mask: np.ndarray, affine: np.ndarray, margin_vox) -> tuple[np
 
 def adrenal_shapes(path: str | Path, split: str) -> list[Shape]:
     """AdrenalMNIST3D masks of one split (``train`` or ``val``), at 1 mm with identity orientation."""
-    data = np.load(path)
-    masks = data[f"{split}_images"] > 0
+    key = f"{split}_images"
+    try:
+        with np.load(path) as data:  # never unpickles (allow_pickle is off)
+            masks = np.asarray(data[key]) > 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, zipfile.BadZipFile) as exc:
+        raise TrainingDataError(f"{path}: not an AdrenalMNIST3D .npz with {key} ({type(exc).__name__}: {exc})") from exc
+    if masks.ndim != 4:
+        raise TrainingDataError(f"{path}: {key} has shape {masks.shape}, not (shapes, D, H, W)")
     return [Shape(m, np.eye(4), f"adrenal-{split}-{n:04d}") for n, m in enumerate(masks) if m.any()]
 
 

@@ -25,7 +25,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,16 +111,17 @@ class RunOutputs:
 
     def _check_free(self, option: str, given: StrPath, path: Path) -> None:
         identity = _identity(path)
+        named = given if path == Path(given).resolve() else f"{given} (writing {path})"
         for other, resolved, other_identity in self._inputs:
             if path == resolved or (identity is not None and identity == other_identity):
-                raise OutputError(f"{option} {given} is also the input {other}: it would be overwritten; "
-                                  "write the output to another file")
+                raise OutputError(f"{option} {named} is the same file as {other} ({resolved}), which this run "
+                                  "reads: it would be overwritten; write the output to another file")
         for out in self._outputs:
             if path == out.target:
-                raise OutputError(f"{option} {given} is also {out.option}: one output would overwrite the other")
+                raise OutputError(f"{option} {named} is also {out.option}: one output would overwrite the other")
         for other, companion in self._companions:
             if path == companion:
-                raise OutputError(f"{option} {given} is also written by {other}: one output would overwrite "
+                raise OutputError(f"{option} {named} is also written by {other}: one output would overwrite "
                                   "the other")
 
     # ----------------------------------------------------------------- writing
@@ -167,11 +168,11 @@ class RunOutputs:
             if out.staging is not None:
                 shutil.rmtree(out.staging, ignore_errors=True)
                 out.staging = None
-            for folder in out.created:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+        created = sorted({f for out in self._outputs for f in out.created}, key=lambda f: len(f.parts), reverse=True)
+        for folder in created:  # innermost first; a folder something else was written into stays
+            with suppress(OSError):
+                folder.rmdir()
+        for out in self._outputs:
             out.created = []
 
     def __enter__(self) -> RunOutputs:

@@ -24,6 +24,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 MAX_VOXELS = 1024**3
+MAX_BYTES = 2 * 1024**3  # of voxel data as stored: the readers hold it all in memory
 
 
 class VolumeError(ValueError):
@@ -77,8 +78,9 @@ def read_volume(path: str | Path) -> Volume:
     return volume
 
 
-def check_grid_shape(shape: tuple[int, ...]) -> None:
-    """Refuse what is not a 3D grid of at most MAX_VOXELS voxels (a trailing singleton 4th axis is allowed)."""
+def check_grid_shape(shape: tuple[int, ...], itemsize: int = 8) -> None:
+    """Refuse what is not a 3D grid of at most MAX_VOXELS voxels and MAX_BYTES of ``itemsize``-byte
+    voxels (a trailing singleton 4th axis is allowed)."""
     shape = tuple(int(n) for n in shape)
     spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
     if len(spatial) != 3:
@@ -88,17 +90,21 @@ def check_grid_shape(shape: tuple[int, ...]) -> None:
     if math.prod(spatial) > MAX_VOXELS:
         raise VolumeError(f"{math.prod(spatial)} voxels is more than this engine handles ({MAX_VOXELS}): "
                           "crop or resample the volume")
+    if math.prod(spatial) * itemsize > MAX_BYTES:
+        raise VolumeError(f"{math.prod(spatial)} voxels of {itemsize} bytes is more memory than this engine reads "
+                          f"({MAX_BYTES >> 30} GB): crop or resample the volume, or store it in a smaller type")
 
 
 def _read_nifti(path: Path) -> Volume:
     img = nib.load(str(path))
-    check_grid_shape(img.shape)  # from the header: nothing read yet
+    scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0  # read as float64 then
+    check_grid_shape(img.shape, 8 if scaled else img.get_data_dtype().itemsize)  # from the header only
     return Volume(np.asarray(img.dataobj), img.affine, img.header, "nifti")
 
 
 def _read_nrrd(path: Path) -> Volume:
     header = nrrd.read_header(str(path))
-    check_grid_shape(tuple(header.get("sizes", ())))
+    check_grid_shape(tuple(header.get("sizes", ())), _nrrd_itemsize(header))
     data, header = nrrd.read(str(path))
     return Volume(data, _nrrd_affine(header), header, "nrrd")
 
@@ -118,6 +124,13 @@ def volume_files(path: str | Path, reading: bool = False) -> list[Path]:
     if not isinstance(data_file, str) or data_file.upper().startswith("LIST") or "%" in data_file:
         return [path]
     return [path, path.parent / data_file]
+
+
+def _nrrd_itemsize(header: dict) -> int:
+    try:
+        return nrrd.reader._determine_datatype(header).itemsize  # pynrrd's own type table
+    except Exception:  # an unknown type is reported when the data is read
+        return 1
 
 
 def _nrrd_affine(header: dict) -> np.ndarray:

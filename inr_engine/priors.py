@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import atomic_output
+from .files import RunOutputs, atomic_output
 from .frames import FRAME_CONVENTION
 
 if TYPE_CHECKING:
@@ -83,20 +83,35 @@ def save_prior(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dic
 def write_manifest(directory: str | Path, descriptions: dict[str, str] | None = None) -> Path:
     """(Re)write ``manifest.json`` listing every prior in ``directory`` with its SHA256."""
     directory = Path(directory)
-    descriptions = descriptions or {}
+    text = _manifest_text(directory, descriptions)
+    with RunOutputs() as run:
+        out = run.add_output("the manifest", directory / MANIFEST)
+        run.stage(out).write_text(text)
+        run.commit()
+    return out
+
+
+def _manifest_text(directory: Path, descriptions: dict[str, str] | None = None,
+                   replaced: dict[str, Path] | None = None) -> str:
+    """The manifest of the priors in ``directory``; ``replaced`` maps a file name to the file that
+    will replace it (a staged new version), whose checksum is recorded instead."""
+    if not directory.is_dir():
+        raise PriorError(f"{directory} is not a folder: give the folder that holds the priors")
+    files = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise PriorError(f"{directory} holds no .safetensors priors: nothing to list in a manifest")
+    descriptions, replaced = descriptions or {}, replaced or {}
     entries = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        meta = _read_header(file)  # checksums only: loading checks the rest
+    for file in files:
+        source = replaced.get(file.name, file)
+        meta = _read_header(source)  # checksums only: loading checks the rest
         entries[file.stem] = {
             "file": file.name,
-            "sha256": sha256(file),
+            "sha256": sha256(source),
             "task": meta.get("task"),
             "description": descriptions.get(file.stem, meta.get("description", "")),
         }
-    out = directory / MANIFEST
-    with atomic_output(out) as tmp:
-        Path(tmp).write_text(json.dumps({"format": PRIOR_FORMAT, "priors": entries}, indent=2) + "\n")
-    return out
+    return json.dumps({"format": PRIOR_FORMAT, "priors": entries}, indent=2) + "\n"
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -203,20 +218,22 @@ def initialisation_tensors(init: Tensors, step_sizes: Tensors) -> Tensors:
     return out
 
 
-# Metadata the engine rebuilds a network from: fixed for the life of a prior file.
-STRUCTURAL_METADATA = ("format", "format_version", "task", "frame", "config", "architecture")
+
+
+EDITABLE_METADATA = ("description", "classes", "class_colors", "name", "license")  # what `priors set` changes
 
 
 def set_metadata(name_or_path: str | Path, changes: dict[str, Any]) -> Path:
-    """Change a prior's descriptive metadata (e.g. ``description``, ``classes``, ``class_colors``)
-    in place, keeping its tensors; the manifest beside it, if any, gets the new checksum.
+    """Change a prior's descriptive metadata (:data:`EDITABLE_METADATA`) in place, keeping its
+    tensors; the manifest beside it, if any, gets the new checksum. The prior and its manifest are
+    replaced together, or neither.
 
     The changed metadata must pass :func:`check_metadata`; otherwise :class:`PriorError` and the
-    file is left as it was.
+    file is left as it was. A bundled prior's name is refused: the installed package is not edited.
     """
-    fixed = sorted(set(changes) & set(STRUCTURAL_METADATA))
-    if fixed:
-        raise PriorError(f"{', '.join(fixed)} cannot be changed: the network is rebuilt from them")
+    if str(name_or_path) in bundled_priors():
+        raise PriorError(f"{name_or_path} is a bundled prior, part of the installed engine: copy its file "
+                         f"({resolve(name_or_path)}) and change the copy")
     prior = load_prior(name_or_path)
     config = prior.metadata.get("config", {})
     in_config = sorted(set(changes) & set(config))
@@ -225,13 +242,26 @@ def set_metadata(name_or_path: str | Path, changes: dict[str, Any]) -> Path:
         hint = "; choose the number of steps when running (--steps)" if key == "default_steps" else ""
         raise PriorError(f"{key} is part of the prior's config (config.{key} = {json.dumps(config[key])}), which "
                          f"cannot be changed: a top-level {key} would be ignored{hint}")
+    refused = sorted(set(changes) - set(EDITABLE_METADATA))
+    if refused:
+        raise PriorError(f"{', '.join(refused)} cannot be changed: priors set changes {', '.join(EDITABLE_METADATA)}")
     metadata = {**prior.metadata, **changes}
     check_metadata(metadata, prior.path, advice="nothing was changed")
-    save_prior(prior.path, prior.tensors, metadata)
     manifest = prior.path.parent / MANIFEST
-    if manifest.is_file():
-        entries = json.loads(manifest.read_text())["priors"]
-        write_manifest(prior.path.parent, {name: e.get("description", "") for name, e in entries.items()})
+    with RunOutputs() as run:
+        run.add_output("the prior", prior.path)
+        if manifest.is_file():
+            run.add_output("its manifest", manifest)
+        staged = save_prior(run.stage(prior.path), prior.tensors, metadata)
+        if manifest.is_file():
+            try:
+                entries = json.loads(manifest.read_text())["priors"]
+                descriptions = {name: e.get("description", "") for name, e in entries.items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise PriorError(f"manifest {manifest} is unreadable ({exc}); nothing was changed") from exc
+            text = _manifest_text(prior.path.parent, descriptions, {prior.path.name: staged})
+            run.stage(manifest).write_text(text)
+        run.commit()
     return prior.path
 
 

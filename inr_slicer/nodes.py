@@ -17,6 +17,21 @@ class InputError(ValueError):
     """An input node that cannot be used; nothing in the scene was changed."""
 
 
+def check_steps(steps, what: str = "steps") -> int:
+    """A request's step count: an integer, 0 (the prior's default) or more."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise InputError(f"{what} must be a whole number, 0 (the prior's default) or more, not {steps!r}")
+    return int(steps)
+
+
+def check_optional_node(node, node_class: str, what: str) -> None:
+    """An output node a request may name: none (a new node) or one of ``node_class``."""
+    if node is not None and not (hasattr(node, "IsA") and node.IsA(node_class)):
+        name = node.GetName() if hasattr(node, "GetName") else repr(node)
+        kind = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+        raise InputError(f"the {what} {name!r} is a {kind}, not a {node_class}: choose another node or a new one")
+
+
 def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from inr_engine.priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, bundled_priors
 from inr_slicer import worker
-from inr_slicer.nodes import check_output_grid, volume_array
+from inr_slicer.nodes import check_optional_node, check_output_grid, check_steps, volume_array
 from inr_slicer.outputs import LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
@@ -55,15 +55,15 @@ class SegmentationLogic:
 
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
-        if request.steps < 0:
-            raise ValueError(f"steps must be 0 (the prior's default) or more, not {request.steps}")
+        steps = check_steps(request.steps)
+        check_optional_node(request.output, "vtkMRMLSegmentationNode", "output segmentation")
         image, affine = volume_array(request.volume)
         check_output_grid(request.output, affine, image.shape)
         segmenter = load_segmenter(request.method, request.prior or None, resolve_device(request.device),
                                    request.procedure)
         refiner = load_refiner(segmenter) if request.refine else None
         prepared = segmenter.prepare(image, affine)  # validates the image; cheap next to fitting
-        steps = request.steps or segmenter.default_steps
+        steps = steps or segmenter.default_steps
         output = LiveSegmentation(self.scene, affine, image.shape, segment_specs(segmenter), request.output,
                                   f"{request.volume.GetName()} {request.method}",
                                   request.volume.GetTransformNodeID())

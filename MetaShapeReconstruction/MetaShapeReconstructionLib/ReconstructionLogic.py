@@ -14,7 +14,15 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK, bundled_priors
 from inr_slicer import worker
-from inr_slicer.nodes import InputError, check_output_grid, labelmap_mask, oriented_image_array, segment_mask
+from inr_slicer.nodes import (
+    InputError,
+    check_optional_node,
+    check_output_grid,
+    check_steps,
+    labelmap_mask,
+    oriented_image_array,
+    segment_mask,
+)
 from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
@@ -56,18 +64,22 @@ class ReconstructionLogic:
 
     def start(self, request: ReconstructionRequest) -> FitRun:
         """Check the inputs and start fitting; bad input raises before the scene changes."""
-        from inr_engine.complete import check_sparse_labelmap, complete_labelmap, completion_surface
+        from inr_engine.complete import MAX_MESH_STEP, check_sparse_labelmap, complete_labelmap, completion_surface
         from inr_engine.decode import labels_on_grid
 
-        if request.steps < 0 or request.model_step < 0:
-            raise ValueError("steps and the model step must be 0 (the defaults) or more")
+        steps = check_steps(request.steps)
+        if not 0 <= request.model_step <= MAX_MESH_STEP:  # NaN too
+            raise InputError(f"the model step must be 0 (no model) to {MAX_MESH_STEP:g} voxels, not "
+                             f"{request.model_step!r}")
+        check_optional_node(request.output, "vtkMRMLSegmentationNode", "output segmentation")
+        check_optional_node(request.output_model, "vtkMRMLModelNode", "output model")
         shape = self._input_shape(request)
         check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
         completer = load_completer(request.prior, request.device)
         case = completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
-        steps = request.steps or completer.cfg.default_steps
+        steps = steps or completer.cfg.default_steps
         transform = request.input.GetTransformNodeID()
         same_node = request.output is request.input
         segment = LiveSegmentation(

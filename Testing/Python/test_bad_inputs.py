@@ -24,7 +24,7 @@ import pytest
 
 from inr_engine.cli import checkpoint_path, main
 from inr_engine.methods.slices import sparsify
-from inr_engine.priors import load_prior, save_prior
+from inr_engine.priors import load_prior, save_prior, write_manifest
 
 SHAPE = (28, 28, 20)
 D = "{d}"  # the workspace folder in the argument tables
@@ -86,6 +86,15 @@ def ws(tmp_path_factory, ellipsoid_factory, tiny_prior) -> Path:
     shutil.copy(tiny_prior, d / "out" / "old.safetensors")
     for file in (d / "out").iterdir():
         file.chmod(0o640)
+    (d / "priors").mkdir()  # a prior with a manifest, and a broken file beside them
+    shutil.copy(tiny_prior, d / "priors" / "tiny.safetensors")
+    write_manifest(d / "priors")
+    (d / "priors" / "broken.safetensors").write_bytes(b"garbage")
+    (d / "link_to_sparse.nii.gz").symlink_to(d / "sparse.nii.gz")
+    os.link(d / "full.nii.gz", d / "hardlink_to_full.nii.gz")
+    big = nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4))
+    big.header.set_data_shape((1000, 1000, 1000))  # float64: 8 GB claimed by a 1 kB file
+    (d / "claims_8_GB.nii").write_bytes(big.header.binaryblock + bytes(1028))
     (d / "afile").write_text("a regular file")
     (d / "adir").mkdir()
     # training folders
@@ -131,26 +140,27 @@ SEGMENT = ["segment", f"{D}/image.nii.gz", "--quiet"]
 CLI_CASES = [
     # a user's files: no output may be an input or another output
     ("output-is-reference", COMPLETE + ["--output", f"{D}/full.nii.gz", "--reference", f"{D}/full.nii.gz"],
-     "is also the input --reference"),
+     "is the same file as --reference"),
     ("report-is-reference", COMPLETE + ["--output", f"{D}/out/new.nii.gz", "--report", f"{D}/full.nii.gz",
-                                        "--reference", f"{D}/full.nii.gz"], "is also the input --reference"),
-    ("output-is-input", COMPLETE + ["--output", f"{D}/sparse.nii.gz"], "is also the input"),
+                                        "--reference", f"{D}/full.nii.gz"], "is the same file as --reference"),
+    ("output-is-input", COMPLETE + ["--output", f"{D}/sparse.nii.gz"], "is the same file as the input"),
     ("output-is-prior", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--report", f"{D}/prior.safetensors"],
-     "is also the input --prior"),
+     "is the same file as --prior"),
     ("report-is-output", COMPLETE + ["--output", f"{D}/out/old.nii.gz", "--report", f"{D}/out/old.nii.gz"],
      "is also --output"),
     ("report-is-folder", COMPLETE + ["--output", f"{D}/out/old.nii.gz", "--report", f"{D}/adir"], "is a folder"),
     ("output-is-folder", COMPLETE + ["--output", f"{D}/adir"], "unsupported file type"),
     ("mesh-under-file", COMPLETE + ["--output", f"{D}/out/old.nii.gz", "--mesh", f"{D}/afile/m.stl"],
      "is a file, not a folder"),
-    ("segment-output-is-input", SEGMENT + ["--output", f"{D}/image.nii.gz"], "is also the input"),
+    ("segment-output-is-input", SEGMENT + ["--output", f"{D}/image.nii.gz"], "is the same file as the input"),
     ("segment-report-is-reference", SEGMENT + ["--output", f"{D}/out/old.nii.gz", "--report", f"{D}/full.nii.gz",
-                                               "--reference", f"{D}/full.nii.gz"], "is also the input --reference"),
+                                               "--reference", f"{D}/full.nii.gz"], "is the same file as --reference"),
     # arguments
     ("device-nonsense", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--device", "nonsense"], "unknown device"),
     ("mesh-step-0", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--mesh", f"{D}/out/m.stl", "--mesh-step", "0"],
-     "must be more than 0"),
-    ("mesh-step-nan", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--mesh-step", "nan"], "must be more than 0"),
+     "more than 0"),
+    ("mesh-step-nan", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--mesh-step", "nan"], "a finite number"),
+    ("mesh-step-huge", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--mesh-step", "1e6"], "at most 8"),
     ("steps-negative", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--steps", "-1"], "at least 0"),
     ("label-0", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--label", "0"], "at least 1"),
     ("label-absent", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--label", "9"], "label 9 is not in the input"),
@@ -188,13 +198,13 @@ CLI_CASES = [
     ("set-bad-type", ["priors", "set", f"{D}/out/old.safetensors", "--set", "classes=5"], "classes"),
     # training
     ("train-out-is-data", ["train", "shape", "--data", f"{D}/with_prior", "--out",
-                           f"{D}/with_prior/kept.safetensors"], "is also the input --data"),
+                           f"{D}/with_prior/kept.safetensors"], "is the same file as --data"),
     ("train-out-is-init", ["train", "shape", "--data", f"{D}/one_shape", "--init", f"{D}/out/old.safetensors",
-                           "--out", f"{D}/out/old.safetensors"], "is also the input --init"),
+                           "--out", f"{D}/out/old.safetensors"], "is the same file as --init"),
     ("train-out-suffix", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/old.json"],
      "ends in .safetensors"),
     ("train-log-is-data", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/new.safetensors",
-                           "--log", f"{D}/one_shape/a.nii.gz"], "is also the input --data"),
+                           "--log", f"{D}/one_shape/a.nii.gz"], "is the same file as --data"),
     ("train-steps-0", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
                        "--steps", "0"], "at least 1"),
     ("train-one-shape", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors"],
@@ -217,9 +227,36 @@ CLI_CASES = [
                                "--holdout", "2"], "two_subjects"),
     ("train-strainer-few", ["train", "strainer", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors"],
      "too few to train on"),
+    # found by an independent probe
+    ("report-is-prior-manifest", ["complete", f"{D}/sparse.nii.gz", "--prior", f"{D}/priors/tiny.safetensors",
+                                  "--output", f"{D}/out/o.nii.gz", "--report", f"{D}/priors/manifest.json"],
+     "is the same file as the manifest of --prior"),
+    ("output-symlink-to-input", COMPLETE + ["--output", f"{D}/link_to_sparse.nii.gz"], "same file as the input"),
+    ("output-hardlink-to-reference", COMPLETE + ["--output", f"{D}/hardlink_to_full.nii.gz", "--reference",
+                                                 f"{D}/full.nii.gz"], "same file as --reference"),
+    ("slices-without-annotation", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--slices", "2:0,1"],
+     "hold no annotation"),
+    ("slices-out-of-range", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--slices", "2:100"], "out of range"),
+    ("reference-fractional", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--reference", f"{D}/half.nii.gz"],
+     "is not a label map"),
+    ("header-claims-8-GB", ["complete", f"{D}/claims_8_GB.nii", "--output", f"{D}/out/o.nii.gz"],
+     "more memory than this engine reads"),
+    ("lr-infinite", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors", "--lr", "inf"],
+     "a finite number"),
+    ("data-workers-3000", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
+                           "--data-workers", "3000"], "at most 64"),
+    ("adrenal-npz-garbage", ["train", "shape", "--dataset", "adrenalmnist3d", "--data", f"{D}/notes.txt", "--out",
+                             f"{D}/out/n.safetensors"], "not an AdrenalMNIST3D .npz"),
+    ("set-bundled-prior", ["priors", "set", "adrenal", "--set", 'description="x"'], "bundled prior"),
+    ("set-provenance", ["priors", "set", f"{D}/out/old.safetensors", "--set", 'training={"a": 1}'],
+     "cannot be changed"),
+    ("set-beside-broken-prior", ["priors", "set", f"{D}/priors/tiny.safetensors", "--set", 'description="x"'],
+     "broken.safetensors"),
+    ("manifest-missing-folder", ["priors", "manifest", f"{D}/no/such/folder"], "is not a folder"),
+    ("manifest-no-argument", ["priors", "manifest"], "name the prior file"),
     ("train-refine-is-prior", ["train", "refine", "--data", f"{D}/two_subjects", "--out",
                                f"{D}/out/old.safetensors", "--prior", f"{D}/out/old.safetensors"],
-     "is also the input --prior"),
+     "is the same file as --prior"),
 ]
 
 
@@ -328,6 +365,48 @@ def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic,
         assert cli in text  # the same message (the logic may name the node first)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 2.5, "whole number"), ("steps", None, "whole number"), ("model_step", float("nan"), "model step"),
+    ("model_step", 1e6, "model step"), ("output", "volume", "not a vtkMRMLSegmentationNode"),
+    ("output", "input", "not a vtkMRMLSegmentationNode"), ("output_model", "segmentation", "not a vtkMRMLModelNode"),
+])
+def test_logic_request_fields_are_checked_before_the_run(ws, scene, tiny_prior, field, value, message):
+    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+
+    array, affine = _raw_volume(ws / "sparse.nii.gz")
+    node = _volume_node(scene, array, affine, labelmap=True)
+    nodes = {"volume": lambda: _volume_node(scene, array, affine), "input": lambda: node,
+             "segmentation": lambda: scene.AddNewNodeByClass("vtkMRMLSegmentationNode")}
+    request = ReconstructionRequest(node, prior=str(tiny_prior))
+    setattr(request, field, nodes[value]() if isinstance(value, str) else value)
+    before = _scene_state(scene)
+    with pytest.raises(ValueError, match=message):
+        ReconstructionLogic(scene).start(request)
+    assert _scene_state(scene) == before
+
+
+def test_segmentation_logic_checks_its_output_node(ws, scene):
+    from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
+
+    array, affine = _raw_volume(ws / "image.nii.gz")
+    volume = _volume_node(scene, array, affine)
+    before = _scene_state(scene)
+    with pytest.raises(ValueError, match="not a vtkMRMLSegmentationNode"):
+        SegmentationLogic(scene).start(SegmentationRequest(volume, output=volume))
+    assert _scene_state(scene) == before
+
+
+def test_a_failed_run_removes_the_folders_it_made(tmp_path):
+    from inr_engine.files import RunOutputs
+
+    with pytest.raises(KeyboardInterrupt), RunOutputs() as run:
+        for name in ("a.nii.gz", "b.json", "sub/c.stl"):
+            run.add_output(name, tmp_path / "new" / "deep" / name)
+            run.stage(tmp_path / "new" / "deep" / name).write_text("staged")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------ signals, on a real process
 def _cli_process(*argv, cwd: Path) -> subprocess.Popen:
     code = "import sys; from inr_engine.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -375,7 +454,13 @@ def test_interrupted_training_keeps_out_and_leaves_a_checkpoint(tmp_path, ellips
     after = snapshot(tmp_path)
     checkpoint = str(checkpoint_path(out).relative_to(tmp_path))
     assert {k: v for k, v in after.items() if not k.startswith(checkpoint.split("/")[0])} == before
-    load_prior(checkpoint_path(out))  # a usable prior to continue from
+    load_prior(checkpoint_path(out))  # a usable prior to continue from, as the message says
+    proc = _cli_process("train", "shape", "--data", data, "--out", out, "--init", checkpoint_path(out), "--steps",
+                        "50", "--max-val", "1", "--threads", "1", cwd=tmp_path)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert load_prior(out).metadata["training"]["continued_from"]
+    assert not checkpoint_path(out).parent.exists()
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

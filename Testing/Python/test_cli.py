@@ -286,7 +286,7 @@ def test_non_finite_prior_exits_2(tmp_path, capsys, inputs, tiny_prior, value):
 @pytest.mark.parametrize("extra, message", [
     (["--label", "9"], "label 9 is not in the input"),
     (["--steps", "-1"], "argument --steps: must be at least 0"),
-    (["--mesh-step", "0"], "argument --mesh-step: must be more than 0"),
+    (["--mesh-step", "0"], "argument --mesh-step: must be a finite number more than 0"),
     (["--slices", "2:a,b"], "--slices"),
     (["--slices", "5:1,2"], "axes are 0, 1 or 2"),
     (["--slices", "2:3,40"], "out of range"),

@@ -647,12 +647,13 @@ def _copy_bundled(directory, name):
     ({"class_colors": [[0, 0, 0], [1, 0, 0], [0, 1, -0.5]]}, "class_colors is"),
     ({"description": 5}, "description is 5"),
     ({"name": ["x"]}, "name is"),
-    ({"intensity": {"mean": 1}}, "intensity.mean is 1"),
-    ({"refinement": "none"}, "refinement is"),
+    ({"intensity": {"mean": 1}}, "intensity cannot be changed"),
+    ({"refinement": "none"}, "refinement cannot be changed"),
     ({"default_steps": '"abc"'}, "config.default_steps = 20"),
     ({"default_steps": 10}, "choose the number of steps when running (--steps)"),
     ({"scale_mm": 16}, "part of the prior's config"),
     ({"config": {"default_steps": 10}}, "cannot be changed"),
+    ({"training": {"a": 1}}, "training cannot be changed"),
 ])
 def test_set_metadata_refuses_bad_values_and_leaves_the_file_alone(tmp_path, changes, message):
     path = _copy_bundled(tmp_path / "priors", "hippocampus-metaseg")

@@ -223,6 +223,17 @@ def _balanced_sample(rng: np.random.Generator, count: int, n: int, near: np.ndar
     return np.concatenate([uniform, near_idx[rng.choice(len(near_idx), n_near, replace=len(near_idx) < n_near)]])
 
 
+def _check_given_slices(sparse: np.ndarray, slices: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Slices the user named: in range, and holding some of the annotation."""
+    for axis, idx in slices.items():
+        bad = [i for i in idx if not 0 <= i < sparse.shape[axis]]
+        if bad:
+            raise SliceError(f"slice index {bad[0]} is out of range along axis {axis} (0 to {sparse.shape[axis] - 1})")
+    if not any(np.moveaxis(sparse, axis, 0)[list(idx)].any() for axis, idx in slices.items() if idx):
+        raise SliceError("the slices given hold no annotation: name the slices that were annotated")
+    return slices
+
+
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
                  rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None) -> Case:
     """Find the annotated slices (unless given), build the evidence (with ``encoder``'s context
@@ -237,7 +248,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
         raise SliceError(f"expected a 3D label map, got {sparse.ndim}D")
     if not sparse.any():
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    slices = find_annotated_slices(sparse) if slices is None else slices
+    slices = find_annotated_slices(sparse) if slices is None else _check_given_slices(sparse, slices)
     if sum(len(v) for v in slices.values()) < 2:
         raise SliceError("only one annotated slice: annotate at least two slices (or slices along two axes) "
                          "so that the shape's extent can be inferred")
