@@ -19,7 +19,7 @@ import numpy as np
 
 from .complete import MAX_MESH_STEP
 from .datasets import check_split
-from .files import OutputError, RunOutputs
+from .files import COMMITTED, OutputError, RunOutputs
 from .frames import GeometryError
 from .io import VolumeError
 from .methods.segmentation import SegmentationError
@@ -330,6 +330,9 @@ class _Training:
         self.checkpoint = checkpoint_path(args.out)
         continued = prior is not None and Path(prior).resolve() == self.checkpoint.resolve()
         if not continued:  # continuing from --out's own checkpoint: the new best ones replace it
+            if self.checkpoint.exists():
+                raise UsageError(f"{self.checkpoint} holds the best prior of an earlier, interrupted training to "
+                                 f"--out {args.out}: continue it with --init {self.checkpoint}, or remove it")
             _prior_input(run, prior_option, prior)
             run.reserve("the checkpoint", self.checkpoint)
         run.add_output("--out", args.out)
@@ -480,6 +483,10 @@ def run_train_segmentation(args) -> dict:
             names, held_out = seeded_split(names, args.holdout, args.split_seed)
         train_names, val_names = seeded_split(names, n_val, args.split_seed + 1)
         train, val = labelled_images(args.data, train_names), labelled_images(args.data, val_names)
+        found = max(int(image.labels.max()) for image in train + val) + 1
+        if args.classes is not None and len(args.classes) != found:
+            raise UsageError(f"--classes names {len(args.classes)} classes, but the label maps of {args.data} hold "
+                             f"labels 0 to {found - 1}: name one class per label, background first")
         classes = args.classes or ["background"] + [f"class {c}" for c in range(1, cfg.num_classes)]
         data = {"data": str(args.data), "subjects_train": len(train), "subjects_val": len(val),
                 "split": {"held_out": held_out, "validation": val_names, "split_seed": args.split_seed},
@@ -676,6 +683,7 @@ def _number(kind: type, low: float, inclusive: bool = True, high: float = math.i
 positive_int = _number(int, 1)
 non_negative_int = _number(int, 0)
 positive_float = _number(float, 0, inclusive=False)
+step_count = _number(int, 0, high=100_000)  # test-time fitting steps
 
 
 def device_name(text: str) -> str:
@@ -697,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mesh sampling in voxels (0.5 = twice as fine)")
     c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
                    help=f"bundled prior name or prior file (default: {DEFAULT_PRIORS['shape_completion']})")
-    c.add_argument("--steps", type=non_negative_int,
+    c.add_argument("--steps", type=step_count,
                    help="fitting steps on the annotated slices (default: the prior's)")
     c.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default: auto)")
     c.add_argument("--report", help="JSON report: slices used, per-step loss, time of each phase")
@@ -713,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="label map on exactly the input's grid")
     s.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
     s.add_argument("--prior", help="bundled prior name or prior file (default: the method's hippocampus prior)")
-    s.add_argument("--steps", type=non_negative_int,
+    s.add_argument("--steps", type=step_count,
                    help="fitting steps on the image's intensities (default: the prior's)")
     s.add_argument("--procedure", choices=["fast", "paper"], default="fast",
                    help="nisf: meta-learned latent start (fast) or the paper's N(0, 1e-4) start with Adam")
@@ -854,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    COMMITTED.clear()  # what this run writes
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
@@ -863,15 +872,29 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"not enough memory for this input or configuration ({exc or 'MemoryError'}); use a "
                            "smaller input, configuration or batch")
     except RuntimeError as exc:
-        if not any(word in str(exc) for word in ("CUDA", "cuda", "allocate")):  # other RuntimeErrors are bugs
+        if "allocate" in str(exc):
+            return _fail(args, "not enough memory for this input or configuration; use a smaller input, "
+                               "configuration or batch")
+        if "CUDA" not in str(exc) and "cuda" not in str(exc):  # other RuntimeErrors are bugs
             raise
         return _fail(args, exc)
     except KeyboardInterrupt as exc:
-        print(f"inr-engine {args.command}: interrupted; no output was written or changed", file=sys.stderr)
+        done = (f"after its outputs were written ({', '.join(p.name for p in COMMITTED)})" if COMMITTED else
+                "; no output was written or changed")
+        print(f"inr-engine {args.command}: interrupted{' ' if COMMITTED else ''}{done}", file=sys.stderr)
         return getattr(exc, "status", 128 + signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def console_main() -> None:
+    """The ``inr-engine`` program: :func:`main`, then exit; once it has finished, a late Ctrl-C
+    cannot turn a finished run into an exit status of 130."""
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(status)
 
 
 def _interrupt(signum: int, _frame) -> None:
@@ -885,4 +908,4 @@ def _fail(args, exc: BaseException | str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

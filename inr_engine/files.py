@@ -32,6 +32,9 @@ from pathlib import Path
 StrPath = str | os.PathLike
 
 
+COMMITTED: list[Path] = []  # every output this process has moved into place
+
+
 class OutputError(ValueError):
     """An output that cannot be written safely (it is an input, a folder, or not writable)."""
 
@@ -146,12 +149,14 @@ class RunOutputs:
         if missing:
             raise RuntimeError(f"outputs {missing} were registered but not written")
         with _signals_held():
+            COMMITTED.extend(o.target for o in self._outputs)  # a signal held off until now finds them written
             done: list[tuple[Path, Path | None]] = []  # (file moved into place, backup of what it replaced)
             try:
                 for out in self._outputs:
                     for staged in sorted(out.staging.iterdir()):  # the file and any detached data file
                         done.append(_replace(staged, out.target.parent / staged.name, out.staging))
             except BaseException:
+                del COMMITTED[-len(self._outputs):]
                 for placed, backup in reversed(done):
                     if backup is not None:
                         os.replace(backup, placed)
@@ -192,6 +197,9 @@ def _check_writable(option: str, given: StrPath, target: Path) -> None:
         raise OutputError(f"{option} {given}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {given}: cannot write in the folder {folder} (permission denied)")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"{option} {given} is not a regular file (a device, pipe or socket): it would be replaced; "
+                          "give a file name")
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputError(f"{option} {given} is read-only: make it writable or write another file")
 

@@ -9,6 +9,7 @@ never leaves a half-written output.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,12 @@ def read_volume(path: str | Path) -> Volume:
     """
     path = Path(path)
     fmt = file_format(path)
-    if not path.is_file():
+    if not path.exists():
         raise VolumeError(f"{path}: no such file")
+    if not path.is_file():
+        raise VolumeError(f"{path} is not a regular file (a folder, device or pipe): give a volume file")
+    if not os.access(path, os.R_OK):
+        raise VolumeError(f"{path} cannot be read (permission denied)")
     try:
         volume = _read_nifti(path) if fmt == "nifti" else _read_nrrd(path)
     except (VolumeError, GeometryError) as exc:

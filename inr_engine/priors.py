@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -179,6 +180,8 @@ def resolve(name_or_path: str | Path) -> Path:
         return BUNDLED_DIR / bundled[str(name_or_path)]["file"]
     path = Path(name_or_path)
     if path.is_file():
+        if not os.access(path, os.R_OK):
+            raise PriorError(f"{path} cannot be read (permission denied)")
         return path
     names = ", ".join(sorted(bundled)) or "none"
     raise PriorError(f"no prior {str(name_or_path)!r}: not a file, and not a bundled prior ({names})")

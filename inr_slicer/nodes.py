@@ -24,6 +24,13 @@ def check_steps(steps, what: str = "steps") -> int:
     return int(steps)
 
 
+def check_text(value, what: str) -> str:
+    """A request's text field (a prior's name or file, a device)."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, not {value!r}")
+    return value
+
+
 def check_optional_node(node, node_class: str, what: str) -> None:
     """An output node a request may name: none (a new node) or one of ``node_class``."""
     if node is not None and not (hasattr(node, "IsA") and node.IsA(node_class)):

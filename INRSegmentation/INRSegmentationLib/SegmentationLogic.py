@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from inr_engine.priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, bundled_priors
 from inr_slicer import worker
-from inr_slicer.nodes import check_optional_node, check_output_grid, check_steps, volume_array
+from inr_slicer.nodes import check_optional_node, check_output_grid, check_steps, check_text, volume_array
 from inr_slicer.outputs import LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
@@ -56,6 +56,8 @@ class SegmentationLogic:
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
         steps = check_steps(request.steps)
+        check_text(request.prior, "the prior")
+        check_text(request.device, "the device")
         check_optional_node(request.output, "vtkMRMLSegmentationNode", "output segmentation")
         image, affine = volume_array(request.volume)
         check_output_grid(request.output, affine, image.shape)

@@ -19,6 +19,7 @@ from inr_slicer.nodes import (
     check_optional_node,
     check_output_grid,
     check_steps,
+    check_text,
     labelmap_mask,
     oriented_image_array,
     segment_mask,
@@ -68,7 +69,9 @@ class ReconstructionLogic:
         from inr_engine.decode import labels_on_grid
 
         steps = check_steps(request.steps)
-        if not 0 <= request.model_step <= MAX_MESH_STEP:  # NaN too
+        check_text(request.prior, "the prior")
+        check_text(request.device, "the device")
+        if not isinstance(request.model_step, (int, float)) or not 0 <= request.model_step <= MAX_MESH_STEP:
             raise InputError(f"the model step must be 0 (no model) to {MAX_MESH_STEP:g} voxels, not "
                              f"{request.model_step!r}")
         check_optional_node(request.output, "vtkMRMLSegmentationNode", "output segmentation")
@@ -161,6 +164,7 @@ def complete_oriented_labelmap(merged, output, completer, steps: int | None = No
     """
     from inr_engine.complete import complete_labelmap
 
+    steps = None if steps is None else check_steps(steps)
     labels, affine = oriented_image_array(merged)
     if labels.size == 0 or not labels.any():
         raise InputError("no annotated slices to complete: paint the structure on a few slices first")

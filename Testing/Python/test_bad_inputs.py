@@ -95,6 +95,10 @@ def ws(tmp_path_factory, ellipsoid_factory, tiny_prior) -> Path:
     big = nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4))
     big.header.set_data_shape((1000, 1000, 1000))  # float64: 8 GB claimed by a 1 kB file
     (d / "claims_8_GB.nii").write_bytes(big.header.binaryblock + bytes(1028))
+    os.mkfifo(d / "pipe.json")
+    os.mkfifo(d / "pipe.nii.gz")
+    (d / "out" / "interrupted.checkpoints").mkdir()
+    shutil.copy(tiny_prior, d / "out" / "interrupted.checkpoints" / "interrupted.safetensors")
     (d / "afile").write_text("a regular file")
     (d / "adir").mkdir()
     # training folders
@@ -128,7 +132,8 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file and folder under ``folder`` (hidden ones too): content hash and permission bits."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        digest = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else
+                  "folder" if path.is_dir() else "special file")
         out[str(path.relative_to(folder))] = (digest, path.stat().st_mode & 0o7777)
     return out
 
@@ -254,6 +259,15 @@ CLI_CASES = [
      "broken.safetensors"),
     ("manifest-missing-folder", ["priors", "manifest", f"{D}/no/such/folder"], "is not a folder"),
     ("manifest-no-argument", ["priors", "manifest"], "name the prior file"),
+    ("report-is-a-pipe", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--report", f"{D}/pipe.json"],
+     "not a regular file"),
+    ("input-is-a-pipe", ["complete", f"{D}/pipe.nii.gz", "--output", f"{D}/out/o.nii.gz"], "not a regular file"),
+    ("steps-huge", COMPLETE + ["--output", f"{D}/out/o.nii.gz", "--steps", "99999999999"], "at most 100000"),
+    ("train-over-an-earlier-checkpoint", ["train", "shape", "--data", f"{D}/one_shape", "--out",
+                                         f"{D}/out/interrupted.safetensors"], "continue it with --init"),
+    ("train-more-classes-than-labels", ["train", "metaseg", "--data", f"{D}/two_subjects", "--out",
+                                        f"{D}/out/n.safetensors", "--val", "1", "--classes", "bg", "a", "b", "c"],
+     "name one class per label"),
     ("train-refine-is-prior", ["train", "refine", "--data", f"{D}/two_subjects", "--out",
                                f"{D}/out/old.safetensors", "--prior", f"{D}/out/old.safetensors"],
      "is the same file as --prior"),
@@ -369,6 +383,7 @@ def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic,
     ("steps", 2.5, "whole number"), ("steps", None, "whole number"), ("model_step", float("nan"), "model step"),
     ("model_step", 1e6, "model step"), ("output", "volume", "not a vtkMRMLSegmentationNode"),
     ("output", "input", "not a vtkMRMLSegmentationNode"), ("output_model", "segmentation", "not a vtkMRMLModelNode"),
+    ("prior", 123, "must be text"), ("device", None, "must be text"), ("model_step", "0.5", "model step"),
 ])
 def test_logic_request_fields_are_checked_before_the_run(ws, scene, tiny_prior, field, value, message):
     from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
@@ -378,7 +393,7 @@ def test_logic_request_fields_are_checked_before_the_run(ws, scene, tiny_prior, 
     nodes = {"volume": lambda: _volume_node(scene, array, affine), "input": lambda: node,
              "segmentation": lambda: scene.AddNewNodeByClass("vtkMRMLSegmentationNode")}
     request = ReconstructionRequest(node, prior=str(tiny_prior))
-    setattr(request, field, nodes[value]() if isinstance(value, str) else value)
+    setattr(request, field, nodes[value]() if field.startswith("output") else value)
     before = _scene_state(scene)
     with pytest.raises(ValueError, match=message):
         ReconstructionLogic(scene).start(request)
