@@ -111,9 +111,15 @@ def _plan_complete(args, run: RunOutputs) -> None:
 # --------------------------------------------------------------------------- complete
 def run_complete(args) -> dict:
     """Complete a sparse label map file; writes the outputs only when everything succeeded."""
+    return _one_run(args, _plan_complete, _complete)
+
+
+def _one_run(args, plan, work) -> dict:
+    """``plan`` checks the arguments and registers the run's files, ``work`` stages the outputs;
+    they are committed together at the end."""
     with RunOutputs() as run:
-        _plan_complete(args, run)
-        report = _complete(args, run)
+        plan(args, run)
+        report = work(args, run)
         run.commit()
     return report
 
@@ -215,11 +221,7 @@ def _plan_segment(args, run: RunOutputs) -> None:
 
 def run_segment(args) -> dict:
     """Segment an image file with MetaSeg or NISF; writes the outputs only when everything succeeded."""
-    with RunOutputs() as run:
-        _plan_segment(args, run)
-        report = _segment(args, run)
-        run.commit()
-    return report
+    return _one_run(args, _plan_segment, _segment)
 
 
 def _segment(args, run: RunOutputs) -> dict:
@@ -326,7 +328,7 @@ class _Training:
         if Path(args.out).suffix.lower() != ".safetensors":
             raise UsageError(f"--out {args.out}: a prior file ends in .safetensors")
         self.args, self.run = args, run
-        run.add_inputs("--data", _data_files(args.data))
+        run.add_input("--data", *_data_files(args.data))
         self.checkpoint = checkpoint_path(args.out)
         continued = prior is not None and Path(prior).resolve() == self.checkpoint.resolve()
         if not continued:  # continuing from --out's own checkpoint: the new best ones replace it

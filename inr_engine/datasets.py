@@ -268,7 +268,7 @@ def labelled_images(root: str | Path, names: list[str] | None = None) -> list[La
     for name in names:
         image_file, label_file = images / name, labels / name
         image, label = read_volume(image_file), read_volume(label_file)
-        check_image(image.array, image_file)
+        check_image(image.array, image.affine, image_file)
         check_label_map(label.array, label_file, allow_empty=True)
         if image.shape != label.shape:
             raise TrainingDataError(f"{label_file}: shape {label.shape} differs from its image's {image.shape}; "
@@ -281,23 +281,16 @@ def labelled_images(root: str | Path, names: list[str] | None = None) -> list[La
     return out
 
 
-def check_image(array: np.ndarray, file: str | Path) -> None:
-    """Refuse a training image that ``segment`` would refuse (NaN, constant, too large, a label
-    map); raises :class:`TrainingDataError` naming ``file``."""
-    from .intensity import IntensityError, normalize_intensity
-    from .methods.segmentation import MAX_SEGMENT_VOXELS, _looks_like_labels
+def check_image(array: np.ndarray, affine: np.ndarray, file: str | Path) -> None:
+    """Refuse a training image that ``segment`` would refuse (its own check,
+    :func:`~inr_engine.methods.segmentation.check_image`); raises :class:`TrainingDataError` naming ``file``."""
+    from .methods.segmentation import SegmentationError
+    from .methods.segmentation import check_image as check_segmentation_image
 
-    array = np.asarray(array)
-    if array.size > MAX_SEGMENT_VOXELS:
-        raise TrainingDataError(f"{file}: {array.size} voxels; crop the images to the structure (at most "
-                                f"{MAX_SEGMENT_VOXELS} voxels)")
     try:
-        normalize_intensity(array)
-    except IntensityError as exc:
+        check_segmentation_image(array, affine)
+    except SegmentationError as exc:
         raise TrainingDataError(f"{file}: not a usable image: {exc}") from exc
-    if _looks_like_labels(array):
-        raise TrainingDataError(f"{file}: this is a label map, not an image (integer values in piecewise-constant "
-                                "regions); put images in images/ and their label maps in labels/")
 
 
 def _image_folders(root: str | Path) -> tuple[Path, Path]:

@@ -86,9 +86,6 @@ class RunOutputs:
                 resolved = Path(path).resolve()
                 self._inputs.append((option, resolved, _identity(resolved)))
 
-    def add_inputs(self, option: str, paths: Iterable[StrPath]) -> None:
-        self.add_input(option, *paths)
-
     def add_output(self, option: str, path: StrPath, companions: Iterable[StrPath] = ()) -> Path:
         """Register and check an output; returns its resolved target path.
 
@@ -252,6 +249,6 @@ def atomic_output(path: StrPath) -> Iterator[str]:
     the format from the suffix; a detached NRRD names its data file after it).
     """
     with RunOutputs() as run:
-        run.add_output(str(path), path)
+        run.add_output("the output", path)
         yield str(run.stage(path))
         run.commit()

@@ -347,6 +347,14 @@ def error_summary(exc: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def build_network(prior: Prior, network_cls: type, cfg: Any):
+    """``network_cls(cfg)`` for ``prior``; a configuration that builds no network is a :class:`PriorError`."""
+    try:
+        return network_cls(cfg)
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+        raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
+
+
 def _show(value: Any, limit: int = 60) -> str:
     """A value as it appears in JSON metadata, with its JSON type, shortened to one line."""
     kind = {bool: "true/false", int: "integer", float: "number", str: "string", list: "list", tuple: "list",

@@ -140,6 +140,7 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 
 COMPLETE = ["complete", f"{D}/sparse.nii.gz", "--prior", f"{D}/prior.safetensors", "--quiet"]
 SEGMENT = ["segment", f"{D}/image.nii.gz", "--quiet"]
+TRAIN_SHAPE = ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors"]
 
 # (case id, arguments, a piece of the message)
 CLI_CASES = [
@@ -210,20 +211,14 @@ CLI_CASES = [
      "ends in .safetensors"),
     ("train-log-is-data", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/new.safetensors",
                            "--log", f"{D}/one_shape/a.nii.gz"], "is the same file as --data"),
-    ("train-steps-0", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                       "--steps", "0"], "at least 1"),
-    ("train-one-shape", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors"],
-     "one_shape"),
+    ("train-steps-0", TRAIN_SHAPE + ["--steps", "0"], "at least 1"),
+    ("train-one-shape", TRAIN_SHAPE, "one_shape"),
     ("train-fractional-shape", ["train", "shape", "--data", f"{D}/shapes_bad", "--out", f"{D}/out/n.safetensors"],
      "fractional"),
-    ("train-threads-negative", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                                "--threads", "-1"], "at least 1"),
-    ("train-config-abc", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                          "--config", "hidden_features=abc"], "it must be an integer"),
-    ("train-config-unknown", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                              "--config", "colour=red"], "unknown key"),
-    ("train-config-negative", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                               "--config", "scale_mm=-3"], "it must be > 0"),
+    ("train-threads-negative", TRAIN_SHAPE + ["--threads", "-1"], "at least 1"),
+    ("train-config-abc", TRAIN_SHAPE + ["--config", "hidden_features=abc"], "it must be an integer"),
+    ("train-config-unknown", TRAIN_SHAPE + ["--config", "colour=red"], "unknown key"),
+    ("train-config-negative", TRAIN_SHAPE + ["--config", "scale_mm=-3"], "it must be > 0"),
     ("train-data-missing", ["train", "shape", "--data", f"{D}/nowhere", "--out", f"{D}/out/n.safetensors"],
      "no such file or folder"),
     ("train-metaseg-val-1", ["train", "metaseg", "--data", f"{D}/one_subject", "--out", f"{D}/out/n.safetensors",
@@ -246,10 +241,8 @@ CLI_CASES = [
      "is not a label map"),
     ("header-claims-8-GB", ["complete", f"{D}/claims_8_GB.nii", "--output", f"{D}/out/o.nii.gz"],
      "more memory than this engine reads"),
-    ("lr-infinite", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors", "--lr", "inf"],
-     "a finite number"),
-    ("data-workers-3000", ["train", "shape", "--data", f"{D}/one_shape", "--out", f"{D}/out/n.safetensors",
-                           "--data-workers", "3000"], "at most 64"),
+    ("lr-infinite", TRAIN_SHAPE + ["--lr", "inf"], "a finite number"),
+    ("data-workers-3000", TRAIN_SHAPE + ["--data-workers", "3000"], "at most 64"),
     ("adrenal-npz-garbage", ["train", "shape", "--dataset", "adrenalmnist3d", "--data", f"{D}/notes.txt", "--out",
                              f"{D}/out/n.safetensors"], "not an AdrenalMNIST3D .npz"),
     ("set-bundled-prior", ["priors", "set", "adrenal", "--set", 'description="x"'], "bundled prior"),

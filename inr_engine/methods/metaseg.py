@@ -27,7 +27,14 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import ALGORITHMS, MetaLearner, sub_params
 from ..networks import Siren
-from ..priors import SEGMENTATION_TASKS, Prior, PriorError, error_summary, initialisation_tensors, prior_config
+from ..priors import (
+    SEGMENTATION_TASKS,
+    Prior,
+    PriorError,
+    build_network,
+    initialisation_tensors,
+    prior_config,
+)
 from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["metaseg"]
@@ -129,10 +136,7 @@ class MetaSegSegmenter:
         if cfg.decoder_init not in DECODER_INITS:
             raise PriorError(f"{prior.path}: config.decoder_init {cfg.decoder_init!r} is neither 'prior' nor "
                              "'least_squares': use a prior trained with this engine version")
-        try:
-            model = MetaSegINR(cfg)
-        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
-            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
+        model = build_network(prior, MetaSegINR, cfg)
         try:
             init, sizes = _split(prior.tensors, model)
         except KeyError as exc:

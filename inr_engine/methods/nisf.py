@@ -36,7 +36,7 @@ from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import GaborResMLP
-from ..priors import SEGMENTATION_TASKS, Prior, PriorError, error_summary, prior_config
+from ..priors import SEGMENTATION_TASKS, Prior, PriorError, build_network, prior_config
 from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["nisf"]
@@ -179,10 +179,7 @@ class NISFSegmenter:
         if cfg.fast_adapts not in FAST_ADAPTS:
             raise PriorError(f"{prior.path}: config.fast_adapts {cfg.fast_adapts!r} is none of {FAST_ADAPTS}: "
                              "use a prior trained with this engine version")
-        try:
-            network = NISFNetwork(cfg)
-        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
-            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
+        network = build_network(prior, NISFNetwork, cfg)
         weights, sizes = {}, {}
         for k, p in network.named_parameters():
             for name in (f"{procedure}.{k}", f"step_size.{k}"):

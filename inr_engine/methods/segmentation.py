@@ -59,9 +59,11 @@ def volume_frame(shape, affine: np.ndarray, scale_mm: float) -> NormalizedFrame:
     return NormalizedFrame(tuple(float(c) for c in centre), float(scale_mm))
 
 
-def prepare_volume(image: np.ndarray, affine: np.ndarray, scale_mm: float,
-                   reference: IntensityReference | None = None) -> SegVolume:
-    """Check and normalise ``image``; raises :class:`SegmentationError` for unusable input."""
+def check_image(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check an image as segmenting needs it (3D, not too large, a valid affine, finite, not
+    constant, not a label map); returns (normalised intensities, affine as float64). The one
+    check of images: :func:`prepare_volume` and the training data use it.
+    Raises :class:`SegmentationError` for unusable input."""
     image = np.asarray(image)
     if image.ndim != 3:
         raise SegmentationError(f"expected a 3D image, got {image.ndim}D data of shape {image.shape}")
@@ -80,6 +82,14 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, scale_mm: float,
         shown = (f"the values {values.tolist()}" if len(values) <= 16 else
                  f"{len(values)} integer values ({values[0]:g} to {values[-1]:g}) in piecewise-constant regions")
         raise SegmentationError(f"the input holds only {shown}: that is a label map, not an image")
+    return normalized, affine
+
+
+def prepare_volume(image: np.ndarray, affine: np.ndarray, scale_mm: float,
+                   reference: IntensityReference | None = None) -> SegVolume:
+    """Check (:func:`check_image`) and normalise ``image``; raises :class:`SegmentationError` for unusable input."""
+    image = np.asarray(image)
+    normalized, affine = check_image(image, affine)
     frame = volume_frame(image.shape, affine, scale_mm)
     coords = frame.ijk_to_network(grid_ijk(image.shape), affine).reshape(-1, 3)
     warnings = reference.warnings(normalized) if reference is not None else []

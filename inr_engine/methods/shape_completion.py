@@ -35,7 +35,15 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION, NormalizedFrame, ijk_to_ras, spacing
 from ..meta import ALGORITHMS, MetaLearner, sub_params
 from ..networks import Siren
-from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, error_summary, initialisation_tensors, prior_config
+from ..priors import (
+    SHAPE_COMPLETION_TASK,
+    Prior,
+    PriorError,
+    build_network,
+    error_summary,
+    initialisation_tensors,
+    prior_config,
+)
 from ..runtime import thread_map
 from .slice_encoder import ENCODER_LOGIT_SCALE, EncodedEvidence, SliceEncoder
 from .slices import EVIDENCE_VERSION, NUM_FEATURES, SliceError, SliceEvidence, find_annotated_slices, sparsify
@@ -374,10 +382,7 @@ class ShapeCompleter:
         if cfg.algorithm not in (*ALGORITHMS, "strainer"):
             raise PriorError(f"{prior.path}: config.algorithm {cfg.algorithm!r} is none of this engine's "
                              f"({', '.join(ALGORITHMS)}, strainer): use a prior trained with this engine version")
-        try:
-            model = OccupancyINR(cfg)
-        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
-            raise PriorError(f"{prior.path}: its config does not build a network ({error_summary(exc)})") from exc
+        model = build_network(prior, OccupancyINR, cfg)
         try:
             init, sizes = _split(prior.tensors, model)
         except KeyError as exc:
