@@ -18,23 +18,17 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
+# inr_slicer and inr_engine sit beside the modules once installed, one folder up in a source checkout:
+# put that folder on sys.path. Each module file of the extension repeats these three lines, as nothing
+# shared can be imported before they have run.
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_root, "inr_slicer")) and _root not in sys.path:
+    sys.path.append(_root)
 
-def _addSourceCheckoutToPath() -> None:
-    """From a source checkout, inr_slicer and inr_engine sit one folder up (installed: beside the modules)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(root, "inr_slicer")) and root not in sys.path:
-        sys.path.append(root)
-
-
-_addSourceCheckoutToPath()
-
-from inr_slicer.modulewidget import Device, ModuleTestMixin, ModuleWidget, nodeID, samplePath  # noqa: E402
+from inr_engine.data import sample_path  # noqa: E402
+from inr_slicer.modulewidget import Device, ModuleTestMixin, ModuleWidget, nodeID  # noqa: E402
 
 DOCUMENTATION_URL = "https://github.com/inr-segmentation/SlicerINRSegmentation/blob/main/INRSegmentation/README.md"
 
@@ -125,16 +119,12 @@ class INRSegmentationParameterNode:
 
 class INRSegmentationWidget(ModuleWidget):
     """Input volume, method, prior and output segmentation; see ModuleWidget (inr_slicer/modulewidget.py)
-    for what all the extension's module widgets do alike (cleanup, enter, exit, scene close, setParameterNode, Apply).
+    for what all the extension's module widgets do alike (the .ui, cleanup, enter, exit, scene close,
+    setParameterNode, Apply).
     """
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/INRSegmentation.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        ModuleWidget.setup(self)  # the template's: Resources/UI/INRSegmentation.ui in self.ui
 
         # The logic imports the engine (and PyTorch) only when a run starts.
         from INRSegmentationLib.SegmentationLogic import SegmentationLogic
@@ -161,11 +151,13 @@ class INRSegmentationWidget(ModuleWidget):
         self.ui.procedureLabel.enabled = nisf
 
     def _updatePriorComboBox(self) -> None:
+        from inr_slicer.priors import prior_choices
+
         parameters = self._parameterNode
         method = parameters.method.value if parameters else Method.METASEG.value
-        choices = self.logic.prior_choices(method)
+        choices = prior_choices(method)
         prior = parameters.prior if parameters else ""
-        if prior and prior not in choices and any(prior in self.logic.prior_choices(m.value) for m in Method):
+        if prior and prior not in choices and any(prior in prior_choices(m.value) for m in Method):
             parameters.prior = prior = ""  # another method's bundled prior: back to this method's default
         self.priorChooser.update(choices, prior)
 
@@ -214,7 +206,7 @@ class INRSegmentationTest(ModuleTestMixin, ScriptedLoadableModuleTest):
         from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
 
         self.delayDisplay("Segmenting the hippocampus sample")
-        volume = slicer.util.loadVolume(samplePath("hippocampus_004_image.nii.gz"))
+        volume = slicer.util.loadVolume(str(sample_path("hippocampus_004_image.nii.gz")))
         node = SegmentationLogic(slicer.mrmlScene).segment(
             SegmentationRequest(volume, method="metaseg", steps=2, device="cpu"), timeout=600)
 
@@ -234,7 +226,7 @@ class INRSegmentationTest(ModuleTestMixin, ScriptedLoadableModuleTest):
         from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
 
         self.delayDisplay("Cancelling a segmentation right after its start")
-        volume = slicer.util.loadVolume(samplePath("hippocampus_004_image.nii.gz"))
+        volume = slicer.util.loadVolume(str(sample_path("hippocampus_004_image.nii.gz")))
         self.assertCancelLeavesSceneUnchanged(SegmentationLogic(slicer.mrmlScene),
                                               SegmentationRequest(volume, steps=50, device="cpu"))
         self.delayDisplay("Test passed")

@@ -17,23 +17,17 @@ from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode, vtkMRMLSegmentat
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
+# inr_slicer and inr_engine sit beside the modules once installed, one folder up in a source checkout:
+# put that folder on sys.path. Each module file of the extension repeats these three lines, as nothing
+# shared can be imported before they have run.
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_root, "inr_slicer")) and _root not in sys.path:
+    sys.path.append(_root)
 
-def _addSourceCheckoutToPath() -> None:
-    """From a source checkout, inr_slicer and inr_engine sit one folder up (installed: beside the modules)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(root, "inr_slicer")) and root not in sys.path:
-        sys.path.append(root)
-
-
-_addSourceCheckoutToPath()
-
-from inr_slicer.modulewidget import Device, ModuleTestMixin, ModuleWidget, nodeID, samplePath  # noqa: E402
+from inr_engine.data import sample_path  # noqa: E402
+from inr_slicer.modulewidget import Device, ModuleTestMixin, ModuleWidget, nodeID  # noqa: E402
 
 MIN_MODEL_STEP = 0.25  # finest model sampling offered, in voxels; 0 = no model
 
@@ -112,17 +106,12 @@ class MetaShapeReconstructionParameterNode:
 
 class MetaShapeReconstructionWidget(ModuleWidget):
     """Annotated slices (a segment or a label map), prior, output segmentation and model; ModuleWidget
-    (inr_slicer/modulewidget.py) holds the template's life cycle (cleanup, enter, exit, scene close, setParameterNode)
-    and Apply, which the extension's module widgets share.
+    (inr_slicer/modulewidget.py) holds the template's setup (the .ui) and life cycle (cleanup, enter, exit, scene
+    close, setParameterNode) and Apply, which the extension's module widgets share.
     """
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MetaShapeReconstruction.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        ModuleWidget.setup(self)  # the template's: Resources/UI/MetaShapeReconstruction.ui in self.ui
 
         # The logic imports the engine (and PyTorch) only when a run starts.
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic
@@ -150,8 +139,10 @@ class MetaShapeReconstructionWidget(ModuleWidget):
                     parameters.inputLabelmap = labelmap
 
     def _updateGUIFromParameterNode(self) -> None:
+        from inr_slicer.priors import SHAPE_COMPLETION_TASK, prior_choices
+
         parameters = self._parameterNode
-        self.priorChooser.update(self.logic.prior_choices(), parameters.prior if parameters else "")
+        self.priorChooser.update(prior_choices(SHAPE_COMPLETION_TASK), parameters.prior if parameters else "")
         self._updateSegmentSelector()
         useLabel = bool(parameters) and parameters.inputSegmentation is None and parameters.inputLabelmap is not None
         self.ui.labelSpinBox.enabled = useLabel
@@ -248,7 +239,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Completing the sparse adrenal label map")
-        labelmap = slicer.util.loadLabelVolume(samplePath(SPARSE_SAMPLE))
+        labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
         segmentationNode, modelNode = ReconstructionLogic(slicer.mrmlScene).complete(
             ReconstructionRequest(labelmap, steps=3, device="cpu", model_step=1.0), timeout=600)
         self._assertCompleted(segmentationNode, labelmap.GetName(), modelNode)
@@ -259,7 +250,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Completing a segment drawn on three slices")
-        labelmap = slicer.util.loadLabelVolume(samplePath(SPARSE_SAMPLE))
+        labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
         sparse = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "sparse")
         sparse.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, sparse)
@@ -277,7 +268,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
         from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Cancelling a completion right after its start")
-        labelmap = slicer.util.loadLabelVolume(samplePath(SPARSE_SAMPLE))
+        labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
         self.assertCancelLeavesSceneUnchanged(ReconstructionLogic(slicer.mrmlScene),
                                               ReconstructionRequest(labelmap, steps=200, device="cpu"))
         self.delayDisplay("Test passed")

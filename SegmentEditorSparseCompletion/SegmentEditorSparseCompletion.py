@@ -1,14 +1,25 @@
 """Hidden module that registers the "INR completion" Segment Editor effect.
 
 The effect itself is ``SegmentEditorSparseCompletionLib/SegmentEditorEffect.py``; its computation
-is MetaShapeReconstruction's logic (``complete_oriented_labelmap``).
+is ``inr_slicer.completion`` (``complete_oriented_labelmap``), which MetaShapeReconstruction's
+logic shares.
 """
 
 import os
-import unittest
+import sys
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+# inr_slicer and inr_engine sit beside the modules once installed, one folder up in a source checkout:
+# put that folder on sys.path. Each module file of the extension repeats these three lines, as nothing
+# shared can be imported before they have run. (The effect's file is loaded after this one.)
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_root, "inr_slicer")) and _root not in sys.path:
+    sys.path.append(_root)
+
+from inr_engine.data import sample_path  # noqa: E402
+from inr_slicer.modulewidget import ModuleTestMixin  # noqa: E402
 
 EFFECT_NAME = "INR completion"
 SPARSE_SAMPLE = "adrenal_val000_sparse_w8_axis0.nii.gz"  # slices 25, 33 and 41 of an adrenal gland (I axis)
@@ -44,37 +55,20 @@ class SegmentEditorSparseCompletion(ScriptedLoadableModule):
         instance.self().register()
 
 
-def samplePath(name: str) -> str:
-    """A sample file shipped with the engine (inr_engine/data/samples)."""
-    import inr_engine.data
-
-    return os.path.join(list(inr_engine.data.__path__)[0], "samples", name)
-
-
-class SegmentEditorSparseCompletionTest(ScriptedLoadableModuleTest):
+class SegmentEditorSparseCompletionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
     """The "INR completion" effect driven through a Segment Editor widget, on the shipped sparse adrenal sample."""
+
+    installHint = "preview the effect once to install them"
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_preview_and_apply, self.test_single_slice_leaves_segment_unchanged):
-            self.setUp()
-            try:
-                test()
-            except unittest.SkipTest as reason:
-                self.delayDisplay(f"Skipped {test.__name__}: {reason}")
-
-    def _requireDependencies(self):
-        from inr_slicer.dependencies import TORCH_REQUIREMENT, load_requirements, missing_requirements
-
-        missing = missing_requirements(["torch" + TORCH_REQUIREMENT, *load_requirements()])
-        if missing:
-            self.skipTest(f"not installed: {', '.join(missing)} (preview the effect once to install them)")
+        self.runTests(self.test_preview_and_apply, self.test_single_slice_leaves_segment_unchanged)
 
     def _loadSparseSegmentation(self):
         """The sparse label map, and a segmentation with its one segment imported from it."""
-        labelmap = slicer.util.loadLabelVolume(samplePath(SPARSE_SAMPLE))
+        labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "sparse")
         segmentationNode.CreateDefaultDisplayNodes()  # the effect completes the visible segments
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
@@ -113,7 +107,7 @@ class SegmentEditorSparseCompletionTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Completing the sparse adrenal segment in the Segment Editor")
         labelmap, segmentationNode, segmentId = self._loadSparseSegmentation()
-        groundTruth = slicer.util.loadLabelVolume(samplePath(FULL_SAMPLE))
+        groundTruth = slicer.util.loadLabelVolume(str(sample_path(FULL_SAMPLE)))
         segmentEditorWidget, segmentEditorNode, effect = self._activateEffect(segmentationNode, segmentId, labelmap)
         try:
             effect.onPreview()

@@ -1,9 +1,8 @@
 """Training and evaluation data: binary shapes, and labelled images, with their IJK->RAS affines.
 
-Shapes come from AdrenalMNIST3D (``.npz``, 64^3 at 1 mm), the DeepMind head-and-neck organ masks
-(``<rater>/<scan>/segmentations/<Organ>.nrrd``, cropped to each organ), and any directory of
-NIfTI/NRRD label maps (each label value a separate shape). Labelled images (for segmentation)
-come from a folder in the Medical Segmentation Decathlon layout, such as MSD Task04 Hippocampus.
+Shapes come from any directory of NIfTI/NRRD label maps (each label value a separate shape,
+cropped to it). Labelled images (for segmentation) come from a folder of images and label maps
+of the same file names (``images/`` and ``labels/``, or ``imagesTr/`` and ``labelsTr/``).
 
 Training folders are checked as ``complete`` and ``segment`` check their inputs, before any
 training work: a file that is not a usable label map or image raises :class:`TrainingDataError`
@@ -13,7 +12,6 @@ naming it, and :func:`check_split` refuses splits that leave too little to train
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,64 +41,6 @@ def crop_to_object(mask: np.ndarray, affine: np.ndarray, margin_vox) -> tuple[np
     shifted = affine.copy()
     shifted[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
     return mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], shifted
-
-
-def adrenal_shapes(path: str | Path, split: str) -> list[Shape]:
-    """AdrenalMNIST3D masks of one split (``train`` or ``val``), at 1 mm with identity orientation."""
-    key = f"{split}_images"
-    try:
-        with np.load(path) as data:  # never unpickles (allow_pickle is off)
-            masks = np.asarray(data[key]) > 0
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, zipfile.BadZipFile) as exc:
-        raise TrainingDataError(f"{path}: not an AdrenalMNIST3D .npz with {key} ({type(exc).__name__}: {exc})") from exc
-    if masks.ndim != 4:
-        raise TrainingDataError(f"{path}: {key} has shape {masks.shape}, not (shapes, D, H, W)")
-    return [Shape(m, np.eye(4), f"adrenal-{split}-{n:04d}") for n, m in enumerate(masks) if m.any()]
-
-
-def canonical_organ(name: str) -> str:
-    """``Parotid_Lt`` and ``Parotid-Lt`` are the same organ."""
-    return re.sub(r"[_ ]", "-", name)
-
-
-def hn_scans(root: str | Path) -> list[str]:
-    return sorted(p.name for p in (Path(root) / "oncologist").iterdir() if p.is_dir())
-
-
-def hn_shapes(root: str | Path, scans: list[str], raters=("oncologist", "radiographer"), organs=None,
-              margin_mm: float = 12.0, cache_dir: str | Path | None = None) -> list[Shape]:
-    """Head-and-neck organ masks of ``scans``, cropped to each organ plus ``margin_mm``.
-
-    Reading the 512x512xN masks is slow; ``cache_dir`` keeps the cropped masks as ``.npz``.
-    """
-    shapes = []
-    for scan in scans:
-        for rater in raters:
-            for organ, (mask, affine) in _hn_scan(root, rater, scan, margin_mm, cache_dir).items():
-                if organs is None or organ in organs:
-                    shapes.append(Shape(mask, affine, f"{scan}/{rater}/{organ}"))
-    return shapes
-
-
-def _hn_scan(root, rater, scan, margin_mm, cache_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    cache = Path(cache_dir) / f"hn-{rater}-{scan}-m{margin_mm:g}.npz" if cache_dir else None
-    if cache is not None and cache.is_file():
-        data = np.load(cache)
-        return {k[5:]: (data[k], data["affine-" + k[5:]]) for k in data.files if k.startswith("mask-")}
-    organs = {}
-    for file in sorted((Path(root) / rater / scan / "segmentations").glob("*.nrrd")):
-        vol = read_volume(file)
-        mask = vol.array > 0
-        if mask.any():
-            spc = np.linalg.norm(vol.affine[:3, :3], axis=0)
-            cropped, affine = crop_to_object(mask, vol.affine, np.ceil(margin_mm / spc).astype(int))
-            organs[canonical_organ(file.stem)] = (np.ascontiguousarray(cropped), affine)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"mask-{k}": m for k, (m, _) in organs.items()}
-        arrays.update({f"affine-{k}": a for k, (_, a) in organs.items()})
-        np.savez_compressed(cache, **arrays)
-    return organs
 
 
 def label_directory_shapes(directory: str | Path, margin_mm: float = 12.0) -> list[Shape]:
@@ -140,9 +80,9 @@ def check_label_map(array: np.ndarray, file: str | Path, allow_empty: bool = Fal
     (NaN, fractional or negative values, too many labels, no label) and that it is not an image
     (many integer values that are not piecewise constant, e.g. a uint8 MRI); raises
     :class:`TrainingDataError` naming ``file``."""
-    from .complete import input_labels  # not at import time: it loads the shape-completion stack
-    from .methods.segmentation import _looks_like_labels
-    from .methods.slices import SliceError
+    from .segmentation.volume import _looks_like_labels
+    from .shape.complete import input_labels  # not at import time: it loads the shape-completion stack
+    from .shape.slices import SliceError
 
     array = np.asarray(array)
     if allow_empty and array.size and not np.any(array):
@@ -212,14 +152,6 @@ def _existing_folder(directory: str | Path) -> Path:
     return path
 
 
-def hn_split(root: str | Path, n_val: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Seeded scan-level split of the head-and-neck set: (training scans, validation scans).
-
-    Both raters' masks of a scan fall on the same side, so validation scans are unseen.
-    """
-    return seeded_split(hn_scans(root), n_val, seed)
-
-
 def seeded_split(names: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
     """(training names, validation names): ``n_val`` names drawn with ``seed``, both in input order."""
     if not 0 < n_val < len(names):
@@ -283,9 +215,9 @@ def labelled_images(root: str | Path, names: list[str] | None = None) -> list[La
 
 def check_image(array: np.ndarray, affine: np.ndarray, file: str | Path) -> None:
     """Refuse a training image that ``segment`` would refuse (its own check,
-    :func:`~inr_engine.methods.segmentation.check_image`); raises :class:`TrainingDataError` naming ``file``."""
-    from .methods.segmentation import SegmentationError
-    from .methods.segmentation import check_image as check_segmentation_image
+    :func:`~inr_engine.segmentation.volume.check_image`); raises :class:`TrainingDataError` naming ``file``."""
+    from .segmentation.volume import SegmentationError
+    from .segmentation.volume import check_image as check_segmentation_image
 
     try:
         check_segmentation_image(array, affine)

@@ -18,6 +18,7 @@ from torch.func import functional_call, vmap
 Params = dict[str, torch.Tensor]
 Algorithm = Literal["maml", "fomaml", "metasgd", "fometasgd"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "fometasgd")
+STRAINER = "strainer"  # config.algorithm of an initialisation fitted by STRAINER: no meta-learned steps
 
 # loss_fn(model_output, labels, params) -> per-task loss, shape (T,)
 TaskLoss = Callable[[torch.Tensor, torch.Tensor, Params], torch.Tensor]
@@ -82,13 +83,14 @@ class MetaLearner(nn.Module):
             return {k: self.inner_lr for k in self.adapted}
         return {k: self.inner_lrs[_key(k)] for k in self.adapted}
 
-    def load_initialisation(self, init: Params, step_sizes: Params) -> None:
+    def load_initialisation(self, init: Params, step_sizes: Params | None) -> None:
         """Start from a saved initialisation and inner step sizes (the inverse of saving
-        ``model.named_parameters()`` and :meth:`step_sizes`); shapes must match."""
+        ``model.named_parameters()`` and :meth:`step_sizes`); shapes must match. Without step
+        sizes (an initialisation that was not meta-learned) the learner keeps its own."""
         with torch.no_grad():
             for k, p in self.model.named_parameters():
                 p.copy_(init[k])
-            for k, size in self.step_sizes().items():
+            for k, size in (self.step_sizes() if step_sizes is not None else {}).items():
                 size.copy_(step_sizes[k] if self.inner_lrs is not None else step_sizes[k].flatten()[0])
 
     def adapt(self, params: Params, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, loss_fn: TaskLoss,

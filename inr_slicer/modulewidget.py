@@ -1,13 +1,14 @@
 """What the extension's module widgets and module tests share.
 
 :class:`ModuleWidget` is a ``ScriptedLoadableModuleWidget`` with the parts of Slicer's scripted
-module template that the modules do alike: the parameter node's life cycle (``cleanup``,
-``enter``, ``exit``, ``onSceneStartClose``, ``onSceneEndClose``, ``setParameterNode``), the run
-panel and prior chooser (:mod:`inr_slicer.runpanel`), Apply (install the dependencies, then start
-the logic's run), the finished run's outputs and ``onReload``. A module's widget adds its ``.ui``
+module template that the modules do alike: loading the module's ``.ui`` (``setup``), the
+parameter node's life cycle (``cleanup``, ``enter``, ``exit``, ``onSceneStartClose``,
+``onSceneEndClose``, ``setParameterNode``), the run panel and prior chooser
+(:mod:`inr_slicer.runpanel`), Apply (install the dependencies, then start the logic's run), the
+finished run's outputs and ``onReload``. A module's widget adds its logic and its connections
 (``setup``), its parameters (``initializeParameterNode``) and the hooks below. :class:`Device` is
-the device choice both modules' parameter nodes hold; :class:`ModuleTestMixin` and
-:func:`samplePath` serve their ``ScriptedLoadableModuleTest``.
+the device choice both modules' parameter nodes hold; :class:`ModuleTestMixin` serves the
+``ScriptedLoadableModuleTest`` of the modules and of the Segment Editor effect.
 
 Slicer application only (imports ``qt`` and ``slicer``, like :mod:`inr_slicer.runpanel`).
 """
@@ -15,7 +16,6 @@ Slicer application only (imports ``qt`` and ``slicer``, like :mod:`inr_slicer.ru
 from __future__ import annotations
 
 import enum
-import os
 import sys
 import time
 import unittest
@@ -30,7 +30,8 @@ from .runpanel import PriorChooser, RunPanel, showIn3D
 from .worker import RunState
 
 # Reloaded with a module in developer mode, in this order (the module's logic follows).
-SHARED_GUI_MODULES = ("inr_slicer.dependencies", "inr_slicer.runpanel", "inr_slicer.modulewidget")
+SHARED_GUI_MODULES = ("inr_slicer.dependencies", "inr_slicer.priors", "inr_slicer.completion", "inr_slicer.runpanel",
+                      "inr_slicer.modulewidget")
 
 
 def nodeID(node):
@@ -51,10 +52,11 @@ class Device(enum.Enum):
 class ModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The template's widget life cycle around one run at a time.
 
-    A module's widget, in ``setup``, loads its ``.ui`` (with ``progressBar``, ``statusLabel``,
-    ``applyButton``, ``cancelButton``, ``priorComboBox`` and the four collapsible sections),
-    sets ``self.logic`` (``start(request)`` returns a :class:`~inr_slicer.worker.FitRun`;
-    ``start`` may raise on bad input before the scene changes), calls :meth:`setupRun` and then
+    A module's widget, in its ``setup``, first calls ``ModuleWidget.setup(self)`` (which loads its
+    ``Resources/UI/<module>.ui``, with ``progressBar``, ``statusLabel``, ``applyButton``,
+    ``cancelButton``, ``priorComboBox`` and the four collapsible sections), sets ``self.logic``
+    (``start(request)`` returns a :class:`~inr_slicer.worker.FitRun`; ``start`` may raise on bad
+    input before the scene changes), calls :meth:`setupRun` and then
     ``initializeParameterNode``, which wraps :meth:`moduleParameterNode` in the module's
     parameter node class and passes it to :meth:`setParameterNode`. It implements:
 
@@ -78,6 +80,14 @@ class ModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # run that created an output
         self._filledOutputs = None
         self._startFailureMessage = ""
+
+    def setup(self) -> None:
+        """The template's setup: the module's ``Resources/UI/<module>.ui`` in the panel, its widgets in ``self.ui``."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
 
     def setupRun(self, failureMessage: str, startFailureMessage: str, priorDialogTitle: str) -> None:
         """The run panel and the prior chooser on the ``.ui``'s widgets, the scene-close observers, Apply."""
@@ -220,15 +230,11 @@ class ModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         raise NotImplementedError
 
 
-def samplePath(name: str) -> str:
-    """A sample file shipped with the engine (inr_engine/data/samples)."""
-    import inr_engine.data
-
-    return os.path.join(list(inr_engine.data.__path__)[0], "samples", name)
-
-
 class ModuleTestMixin:
     """For a module's ``ScriptedLoadableModuleTest`` (put it first among the bases)."""
+
+    # How the user installs the dependencies from the module, for the message of a skipped test.
+    installHint = "press Apply in the module once to install them"
 
     def runTests(self, *tests) -> None:
         """Run ``tests`` (bound test methods), each on a clean scene; a skipped one is shown, not failed."""
@@ -245,7 +251,7 @@ class ModuleTestMixin:
 
         missing = missing_requirements(["torch" + TORCH_REQUIREMENT, *load_requirements()])
         if missing:
-            self.skipTest(f"not installed: {', '.join(missing)} (press Apply in the module once to install them)")
+            self.skipTest(f"not installed: {', '.join(missing)} ({self.installHint})")
 
     def assertCancelLeavesSceneUnchanged(self, logic, request) -> None:
         """A run of ``logic`` on ``request`` cancelled right after its start ends cancelled and leaves

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import sys
 import sysconfig
 import time
@@ -62,20 +61,15 @@ def main() -> None:
     import slicer
     import torch
     from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
-    from MetaShapeReconstructionLib.ReconstructionLogic import (
-        ReconstructionLogic,
-        ReconstructionRequest,
-        complete_oriented_labelmap,
-        load_completer,
-    )
+    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
+    from inr_engine.data import SAMPLES_DIR, samples
+    from inr_slicer.completion import complete_oriented_labelmap, load_completer
     from inr_slicer.nodes import array_to_matrix, labelmap_mask, oriented_image_array, segment_mask, volume_array
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    samples_dir = Path(inr_engine.__file__).parent / "data" / "samples"
-    samples = json.loads((samples_dir / "samples.json").read_text())["samples"]
-    image = next(s for s in samples if s.get("demo") and s["kind"] == "image")
-    sparse = next(s for s in samples if s.get("demo") and s["kind"] == "sparse")
+    image = next(s for s in samples() if s.get("demo") and s["kind"] == "image")
+    sparse = next(s for s in samples() if s.get("demo") and s["kind"] == "sparse")
 
     scene = slicer.vtkMRMLScene()
     segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
@@ -85,7 +79,7 @@ def main() -> None:
         node = scene.AddNewNodeByClass(node_class, filename.split(".")[0])
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         scene.AddNode(storage)
-        storage.SetFileName(str(samples_dir / filename))
+        storage.SetFileName(str(SAMPLES_DIR / filename))
         check(bool(storage.ReadData(node)), f"Slicer's reader loads {filename}")
         scene.RemoveNode(storage)
         return node

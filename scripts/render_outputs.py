@@ -27,7 +27,7 @@ from INRSegmentationLib.SegmentationLogic import SegmentationLogic, Segmentation
 from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from inr_engine.cli import SAMPLES_DIR  # noqa: E402
+from inr_engine.data import SAMPLES_DIR  # noqa: E402
 
 
 def load(scene, filename: str, node_class: str):

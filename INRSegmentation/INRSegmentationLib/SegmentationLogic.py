@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inr_engine.priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, bundled_priors
+from inr_engine.priors import SEGMENTATION_TASKS
 from inr_slicer import worker
 from inr_slicer.nodes import check_optional_node, check_output_grid, check_steps, check_text, volume_array
 from inr_slicer.outputs import LiveSegmentation, SegmentSpec, default_color
@@ -36,12 +36,6 @@ class SegmentationLogic:
     def __init__(self, scene):
         self.scene = scene
 
-    @staticmethod
-    def prior_choices(method: str) -> list[str]:
-        """The bundled priors ``method`` can use, its default first (no PyTorch needed)."""
-        names = sorted(bundled_priors(SEGMENTATION_TASKS[method]))
-        return sorted(names, key=lambda name: name != DEFAULT_PRIORS[method])
-
     def start(self, request: SegmentationRequest) -> FitRun:
         """Check the inputs and start fitting; the returned run is polled from the main thread.
 
@@ -49,9 +43,9 @@ class SegmentationLogic:
         anything in the scene changes. Until the run finishes, the output node shows a live
         preview; cancel or failure puts the output back as it was.
         """
-        from inr_engine.methods.inr_refine import load_refiner
         from inr_engine.runtime import resolve_device
-        from inr_engine.segment import load_segmenter, preview_labels, segment_volume
+        from inr_engine.segmentation.refinement import load_refiner
+        from inr_engine.segmentation.segment import load_segmenter, preview_labels, segment_volume
 
         if request.method not in SEGMENTATION_TASKS:
             raise ValueError(f"unknown method {request.method!r}; choose from {sorted(SEGMENTATION_TASKS)}")
@@ -99,7 +93,7 @@ class SegmentationLogic:
 
 def segment_specs(segmenter) -> list[SegmentSpec]:
     """One output segment per foreground class, named and coloured from the prior's metadata."""
-    from inr_engine.segment import class_names
+    from inr_engine.segmentation.segment import class_names
 
     metadata = segmenter.prior.metadata if segmenter.prior is not None else {}
     colors = metadata.get("class_colors") or []

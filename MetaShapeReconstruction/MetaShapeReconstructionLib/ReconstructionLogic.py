@@ -2,7 +2,8 @@
 model out, both updated live while the occupancy INR is fitted.
 
 No widgets and no Qt (see INRSegmentationLib.SegmentationLogic). PyTorch is imported only when
-a run starts or a preview is computed.
+a run starts. Loading a completer is ``inr_slicer.completion``'s, which the Segment Editor effect
+shares.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from vtk.util.numpy_support import vtk_to_numpy
 
-from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK, bundled_priors
 from inr_slicer import worker
+from inr_slicer.completion import load_completer
 from inr_slicer.nodes import (
     InputError,
     check_optional_node,
@@ -21,7 +21,6 @@ from inr_slicer.nodes import (
     check_steps,
     check_text,
     labelmap_mask,
-    oriented_image_array,
     segment_mask,
 )
 from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
@@ -57,16 +56,15 @@ class ReconstructionLogic:
     def __init__(self, scene):
         self.scene = scene
 
-    @staticmethod
-    def prior_choices() -> list[str]:
-        """The bundled shape priors, the default first (no PyTorch needed)."""
-        names = sorted(bundled_priors(SHAPE_COMPLETION_TASK))
-        return sorted(names, key=lambda name: name != DEFAULT_PRIORS["shape_completion"])
-
     def start(self, request: ReconstructionRequest) -> FitRun:
         """Check the inputs and start fitting; bad input raises before the scene changes."""
-        from inr_engine.complete import MAX_MESH_STEP, check_sparse_labelmap, complete_labelmap, completion_surface
         from inr_engine.decode import labels_on_grid
+        from inr_engine.shape.complete import (
+            MAX_MESH_STEP,
+            check_sparse_labelmap,
+            complete_labelmap,
+            completion_surface,
+        )
 
         steps = check_steps(request.steps)
         check_text(request.prior, "the prior")
@@ -144,33 +142,3 @@ class ReconstructionLogic:
             mask, affine = labelmap_mask(node, request.label)
             return _Shape(mask, affine, node.GetName(), default_color(0))
         raise InputError("choose a segmentation (and a segment) or a label map with a few annotated slices")
-
-
-def load_completer(prior: str = "", device: str = "auto"):
-    """The shape completer of a bundled prior's name or a prior file ("" = the default)."""
-    from inr_engine.methods.shape_completion import ShapeCompleter
-    from inr_engine.priors import load_prior
-    from inr_engine.runtime import resolve_device
-
-    return ShapeCompleter.from_prior(load_prior(prior or DEFAULT_PRIORS["shape_completion"],
-                                                task=SHAPE_COMPLETION_TASK), resolve_device(device))
-
-
-def complete_oriented_labelmap(merged, output, completer, steps: int | None = None) -> None:
-    """The Segment Editor effect's preview: complete every label of ``merged`` into ``output``.
-
-    Both are ``vtkOrientedImageData``; ``output`` gets ``merged``'s geometry, each voxel the label
-    of the completed shape that claims it (overlaps go to the most confident one).
-    """
-    from inr_engine.complete import complete_labelmap
-
-    steps = None if steps is None else check_steps(steps)
-    labels, affine = oriented_image_array(merged)
-    if labels.size == 0 or not labels.any():
-        raise InputError("no annotated slices to complete: paint the structure on a few slices first")
-    completed = complete_labelmap(labels, affine, completer, steps).labels
-    output.DeepCopy(merged)  # geometry and scalar type
-    extent = merged.GetExtent()
-    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
-    vtk_to_numpy(output.GetPointData().GetScalars()).reshape(shape)[...] = completed.transpose(2, 1, 0)
-    output.Modified()

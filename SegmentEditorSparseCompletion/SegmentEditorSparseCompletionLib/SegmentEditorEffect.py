@@ -1,7 +1,9 @@
 """The "INR completion" Segment Editor effect: paint a few slices, preview the completed 3D shape.
 
 Thin on purpose: the preview, auto-update, Apply and Cancel come from Slicer's auto-complete base
-class, the computation from MetaShapeReconstruction's logic (``complete_oriented_labelmap``).
+class, the computation from ``inr_slicer.completion`` (``complete_oriented_labelmap``), which
+MetaShapeReconstruction's logic shares. The effect's module file (``SegmentEditorSparseCompletion.py``,
+loaded first) puts ``inr_slicer`` and ``inr_engine`` on ``sys.path``.
 """
 
 import logging
@@ -98,12 +100,9 @@ settings are honored when the result is applied.</p>"""
     def priorChoices():
         """(name, description) of the bundled shape priors, the default first; no PyTorch needed."""
         try:
-            from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic
+            from inr_slicer.priors import SHAPE_COMPLETION_TASK, described_prior_choices
 
-            from inr_engine.priors import SHAPE_COMPLETION_TASK, bundled_priors
-
-            descriptions = bundled_priors(SHAPE_COMPLETION_TASK)
-            return [(name, descriptions[name].get("description", name)) for name in ReconstructionLogic.prior_choices()]
+            return described_prior_choices(SHAPE_COMPLETION_TASK)
         except Exception:  # a broken install must not break the Segment Editor
             logging.exception("INR completion: the bundled shape priors could not be listed")
             return []
@@ -196,14 +195,14 @@ settings are honored when the result is applied.</p>"""
         return isinstance(error, (ValueError, DependencyError))
 
     def computePreviewLabelmap(self, mergedImage, outputLabelmap):
-        from MetaShapeReconstructionLib.ReconstructionLogic import complete_oriented_labelmap
+        from inr_slicer.completion import complete_oriented_labelmap
 
         steps = self.scriptedEffect.integerParameter(STEPS)
         complete_oriented_labelmap(mergedImage, outputLabelmap, self.completer(), steps or None)
 
     def completer(self):
         """The completer of the chosen prior and device, loaded once."""
-        from MetaShapeReconstructionLib.ReconstructionLogic import load_completer
+        from inr_slicer.completion import load_completer
 
         key = (self.scriptedEffect.parameter(PRIOR), self.scriptedEffect.parameter(DEVICE) or "auto")
         if key not in self.completers:

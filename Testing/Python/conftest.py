@@ -70,7 +70,7 @@ def ellipsoid_factory():
 @pytest.fixture(scope="session")
 def tiny_cfg():
     """A shape-completion configuration small enough for two shared CPU cores."""
-    from inr_engine.methods.shape_completion import ShapeConfig
+    from inr_engine.shape.model import ShapeConfig
 
     return ShapeConfig(hidden_features=16, hidden_layers=1, context_points=256, target_points=512, inner_steps=2,
                        default_steps=3, every_min=3, every_max=5, margin_mm=4.0, scale_mm=16.0)
@@ -81,11 +81,11 @@ def tiny_prior(tmp_path_factory, tiny_cfg):
     """A shape-completion prior file (with a manifest) meta-trained for a few steps on synthetic ellipsoids."""
     from inr_engine.datasets import Shape
     from inr_engine.meta import MetaLearner
-    from inr_engine.methods.shape_completion import OccupancyINR, occupancy_loss, prior_metadata, prior_tensors
-    from inr_engine.methods.shape_training import draw_meta_batch
     from inr_engine.priors import save_prior, write_manifest
     from inr_engine.runtime import seed_everything
-    from inr_engine.train import train_meta
+    from inr_engine.shape.model import OccupancyINR, occupancy_loss, prior_metadata, prior_tensors
+    from inr_engine.shape.tasks import draw_meta_batch
+    from inr_engine.training import TrainingSettings, train_meta
 
     cfg = tiny_cfg
     rng = seed_everything(0)
@@ -98,8 +98,8 @@ def tiny_prior(tmp_path_factory, tiny_cfg):
         return draw_meta_batch(pool, cfg, rng, 2)
 
     learner = MetaLearner(OccupancyINR(cfg), cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
-    train_meta(learner, next_batch, lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay), steps=4,
-               lr=1e-3, device=torch.device("cpu"))
+    train_meta(learner, next_batch, lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay),
+               TrainingSettings(4, 1e-3, clip_grad_norm=1.0), torch.device("cpu"))
     directory = tmp_path_factory.mktemp("priors")
     path = save_prior(directory / "tiny.safetensors", prior_tensors(learner),
                       prior_metadata(cfg, name="tiny", description="test prior"))

@@ -22,9 +22,10 @@ import nrrd
 import numpy as np
 import pytest
 
-from inr_engine.cli import checkpoint_path, main
-from inr_engine.methods.slices import sparsify
+from inr_engine.cli import main
+from inr_engine.cli.training import checkpoint_path
 from inr_engine.priors import load_prior, save_prior, write_manifest
+from inr_engine.shape.slices import sparsify
 
 SHAPE = (28, 28, 20)
 D = "{d}"  # the workspace folder in the argument tables
@@ -243,8 +244,6 @@ CLI_CASES = [
      "more memory than this engine reads"),
     ("lr-infinite", TRAIN_SHAPE + ["--lr", "inf"], "a finite number"),
     ("data-workers-3000", TRAIN_SHAPE + ["--data-workers", "3000"], "at most 64"),
-    ("adrenal-npz-garbage", ["train", "shape", "--dataset", "adrenalmnist3d", "--data", f"{D}/notes.txt", "--out",
-                             f"{D}/out/n.safetensors"], "not an AdrenalMNIST3D .npz"),
     ("set-bundled-prior", ["priors", "set", "adrenal", "--set", 'description="x"'], "bundled prior"),
     ("set-provenance", ["priors", "set", f"{D}/out/old.safetensors", "--set", 'training={"a": 1}'],
      "cannot be changed"),

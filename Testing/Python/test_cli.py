@@ -16,13 +16,14 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkIOGeometry import vtkSTLReader
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
 
-from inr_engine.cli import main, parse_slices
+from inr_engine.cli import main
+from inr_engine.cli.running import parse_slices
 from inr_engine.io import LPS_TO_RAS, read_volume
 from inr_engine.meta import MetaLearner
-from inr_engine.methods.shape_completion import OccupancyINR, ShapeConfig, prior_metadata, prior_tensors
-from inr_engine.methods.slices import sparsify
 from inr_engine.metrics import dice
 from inr_engine.priors import BUNDLED_DIR, MANIFEST, save_prior, write_manifest
+from inr_engine.shape.model import OccupancyINR, ShapeConfig, prior_metadata, prior_tensors
+from inr_engine.shape.slices import sparsify
 
 ANISO = dict(spacing=(0.8, 1.2, 2.0), angles_deg=(20, -10, 30), origin=(-40.0, 15.0, 60.0))
 SHAPE = (28, 28, 20)
@@ -342,7 +343,7 @@ def test_argparse_errors_exit_2(capsys):
     assert info.value.code == 2
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        main(["train", "shape", "--dataset", "labels", "--data", "x", "--out", "y.safetensors", "--encoder-echo", "0"])
+        main(["train", "shape", "--data", "x", "--out", "y.safetensors", "--encoder-echo", "0"])
     assert info.value.code == 2
     assert "--encoder-echo: must be at least 1" in capsys.readouterr().err
 

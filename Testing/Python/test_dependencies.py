@@ -222,7 +222,7 @@ def test_slicer_requirements_are_what_the_slicer_logic_imports():
         f"beyond what Slicer bundles: undeclared {({k: needed[k] for k in set(needed) - declared})}, "
         f"unused {sorted(declared - set(needed))}")
     # the walk did reach the engine through the function-level imports of both logic classes (and the effect's)
-    assert {"inr_engine.segment", "inr_engine.complete", "inr_engine.methods.slice_encoder"} <= found.visited
+    assert {"inr_engine.segmentation.segment", "inr_engine.shape.complete", "inr_engine.shape.encoder"} <= found.visited
 
 
 def test_slicer_application_files_need_nothing_beyond_the_requirements():

@@ -20,9 +20,10 @@ import torch
 import torch.distributed
 from safetensors.torch import load_file
 
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.meta import MetaLearner
-from inr_engine.methods.shape_completion import OccupancyINR, ShapeConfig, occupancy_loss
-from inr_engine.train import train_meta
+from inr_engine.shape.model import OccupancyINR, ShapeConfig, occupancy_loss
+from inr_engine.training import TrainingSettings, train_meta
 
 STEPS = 3
 TASKS_PER_RANK = 2
@@ -38,8 +39,9 @@ WORKER = textwrap.dedent(f"""
     from safetensors.torch import save_file
 
     from inr_engine.meta import MetaLearner
-    from inr_engine.methods.shape_completion import OccupancyINR, ShapeConfig, collate, occupancy_loss, sample_task
-    from inr_engine.train import distributed_context, train_meta
+    from inr_engine.shape.model import OccupancyINR, ShapeConfig, occupancy_loss
+    from inr_engine.shape.tasks import collate, sample_task
+    from inr_engine.training import TrainingSettings, distributed_context, train_meta
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
@@ -74,7 +76,7 @@ WORKER = textwrap.dedent(f"""
         save_file({{k: v.detach().clone() for k, v in learner.state_dict().items()}}, str(out / "init.safetensors"))
     stream = iter(batches)
     result = train_meta(learner, lambda: next(stream), lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay),
-                        steps={STEPS}, lr=1e-2, device=torch.device("cpu"), validate_every=1)
+                        TrainingSettings({STEPS}, 1e-2, clip_grad_norm=1.0, log_every=1), torch.device("cpu"))
     save_file({{k: v.detach().contiguous() for k, v in learner.state_dict().items()}},
               str(out / f"final{{rank}}.safetensors"))
     (out / f"result{{rank}}.json").write_text(json.dumps({{"steps": result.steps, "history": result.history}}))
@@ -151,7 +153,7 @@ def test_ddp_equals_single_process_on_both_ranks_tasks(ddp_run):
 
     stream = iter([batch(n) for n in range(STEPS)])
     train_meta(learner, lambda: next(stream), lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay),
-               steps=STEPS, lr=1e-2, device=torch.device("cpu"))
+               TrainingSettings(STEPS, 1e-2, clip_grad_norm=1.0), torch.device("cpu"))
     final0 = load_file(str(ddp_run / "final0.safetensors"))
     for k, v in learner.state_dict().items():
         torch.testing.assert_close(v, final0[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -169,9 +171,9 @@ def _cli_under_torchrun(cwd, args: list[str]) -> subprocess.CompletedProcess:
 
 def test_segmentation_priors_train_under_torchrun(tmp_path):
     """``inr-engine train nisf`` (auto-decoder, then meta-learning) in two gloo processes writes one usable prior."""
-    from inr_engine.priors import BUNDLED_DIR, load_prior
+    from inr_engine.priors import load_prior
 
-    samples = BUNDLED_DIR.parent / "samples"
+    samples = SAMPLES_DIR
     for sub in ("images", "labels"):
         (tmp_path / "data" / sub).mkdir(parents=True)
     for stem in ("hippocampus_004", "hippocampus_007"):
@@ -192,15 +194,15 @@ def test_shape_prior_with_context_encoder_trains_under_torchrun(tmp_path):
     """``inr-engine train shape`` with a context encoder in two gloo processes: the encoder's
     averaged steps stop together at their time limit, and so do the meta-learning's, which
     writes one prior."""
-    from inr_engine.priors import BUNDLED_DIR, load_prior
+    from inr_engine.priors import load_prior
 
-    samples = BUNDLED_DIR.parent / "samples"
+    samples = SAMPLES_DIR
     (tmp_path / "labels").mkdir()
     for name in ("adrenal_val000_full.nii.gz", "adrenal_val001_full.nii.gz"):
         (tmp_path / "labels" / name).write_bytes((samples / name).read_bytes())
     out = tmp_path / "prior.safetensors"
     proc = _cli_under_torchrun(tmp_path, ["train", "shape",
-           "--dataset", "labels", "--data", str(tmp_path / "labels"), "--out", str(out), "--steps", "50",
+           "--data", str(tmp_path / "labels"), "--out", str(out), "--steps", "50",
            "--time-limit", "0.001", "--meta-batch", "1", "--max-val", "1", "--threads", "1",
            "--encoder-steps", "50", "--encoder-batch", "1", "--encoder-time-limit", "0.001",
            "--config", "encoder_channels=4,8", "hidden_features=16",

@@ -12,11 +12,11 @@ from torch.func import functional_call
 from inr_engine.datasets import Shape
 from inr_engine.fit import FitStep, fit
 from inr_engine.meta import ALGORITHMS, MetaLearner, batched_forward, expand_params
-from inr_engine.methods.shape_completion import OccupancyINR, occupancy_loss
-from inr_engine.methods.shape_training import draw_meta_batch
 from inr_engine.networks import Siren
 from inr_engine.runtime import seed_everything
-from inr_engine.train import TrainingBudget, train_meta
+from inr_engine.shape.model import OccupancyINR, occupancy_loss
+from inr_engine.shape.tasks import draw_meta_batch
+from inr_engine.training import TrainingBudget, TrainingSettings, train_meta
 
 TASKS, POINTS = 3, 64
 
@@ -257,7 +257,7 @@ def _meta_train(tiny_cfg, shapes, seed=0, steps=3, algorithm=None):
     learner = MetaLearner(OccupancyINR(cfg), algorithm or cfg.algorithm, cfg.inner_steps, cfg.inner_lr)
     initial = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     result = train_meta(learner, next_batch, lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay),
-                        steps=steps, lr=1e-3, device=torch.device("cpu"), validate_every=2)
+                        TrainingSettings(steps, 1e-3, clip_grad_norm=1.0, log_every=2), torch.device("cpu"))
     return learner, initial, result
 
 
@@ -299,8 +299,8 @@ def test_train_meta_calls_validate_log_and_checkpoint(tiny_cfg, synthetic_shapes
         return {"score": next(scores)}
 
     result = train_meta(learner, lambda: batch, lambda lo, la, p: occupancy_loss(lo, la, p, cfg.weight_decay),
-                        steps=3, lr=1e-3, device=torch.device("cpu"), validate=validate, validate_every=1,
-                        log=logged.append, checkpoint=lambda lrn, entry: saved.append(entry["step"]))
+                        TrainingSettings(3, 1e-3, clip_grad_norm=1.0, log_every=1), torch.device("cpu"),
+                        validate=validate, log=logged.append, checkpoint=lambda lrn, entry: saved.append(entry["step"]))
     assert [e["step"] for e in logged] == [1, 2, 3] == [e["step"] for e in result.history]
     assert result.best["step"] == 2 and result.best["score"] == 0.9
     assert saved == [1, 2]
@@ -318,8 +318,8 @@ def test_train_meta_reports_mean_loss_of_a_short_final_interval(tiny_cfg, synthe
 
     expected = float(learner(*batch, loss_fn).detach())
     # lr=0: parameters do not move, so every step has the same loss, and the logged mean must equal it.
-    result = train_meta(learner, lambda: batch, loss_fn, steps=4, lr=0.0, device=torch.device("cpu"),
-                        validate_every=250)
+    result = train_meta(learner, lambda: batch, loss_fn, TrainingSettings(4, 0.0, clip_grad_norm=1.0, log_every=250),
+                        torch.device("cpu"))
     assert result.history[-1]["train_loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -336,7 +336,7 @@ def test_budget_anneals_like_cosine_over_steps_and_over_time(monkeypatch):
     assert budget.progress(10) == 1.0
 
     clock = iter([0.0, 30.0, 60.0, 61.0])
-    monkeypatch.setattr("inr_engine.train.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("inr_engine.training.time.perf_counter", lambda: next(clock))
     timed = TrainingBudget(1000, time_limit_s=60.0)  # starts at 0 s
     assert timed.progress(1) == pytest.approx(0.5)  # 30 s of 60: half way, whatever the step count
     timed.set_lr(opt, timed.progress(2))  # 60 s: the end of the budget, the lowest rate

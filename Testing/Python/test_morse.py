@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from inr_engine.cli import main
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.io import read_volume
-from inr_engine.methods import inr_refine, morse
-from inr_engine.methods.seg_training import foreground_dice
-from inr_engine.priors import BUNDLED_DIR, load_prior
-from inr_engine.segment import load_segmenter, segment_image
+from inr_engine.priors import load_prior
+from inr_engine.segmentation import morse, refinement
+from inr_engine.segmentation.segment import load_segmenter, segment_image
+from inr_engine.segmentation.training import foreground_dice
 
 
 def _grid_voxels(shape) -> torch.Tensor:
@@ -120,7 +121,7 @@ def test_rendering_head_sharpens_a_blurred_boundary():
 
 
 # --------------------------------------------------------------------------- refining MetaSeg's labels
-SAMPLES = BUNDLED_DIR.parent / "samples"
+SAMPLES = SAMPLES_DIR
 
 
 def test_bundled_metaseg_refines_a_held_out_subject():
@@ -131,7 +132,7 @@ def test_bundled_metaseg_refines_a_held_out_subject():
     refined = segment_image(image.array, image.affine, segmenter, refine=True)
     assert "refine" in refined.report["phases"]
     changed = int((plain.labels != refined.labels).sum())
-    assert 0 < changed <= inr_refine.REFINE_POINTS
+    assert 0 < changed <= refinement.REFINED_VOXELS
     assert min(foreground_dice(refined.labels, truth, 3)) > 0.8  # 0.86 / 0.85 before refinement
 
 
@@ -146,7 +147,7 @@ def test_train_refine_adds_a_refiner_that_segment_uses(tmp_path, capsys, method)
                  "--iterations", "20"]) == 0
     prior = load_prior(out)
     assert prior.metadata["refinement"]["subjects"] == 1
-    assert any(k.startswith(inr_refine.PREFIX) for k in prior.tensors)
+    assert any(k.startswith(refinement.PREFIX) for k in prior.tensors)
     labels = tmp_path / "labels.nii.gz"
     segment = ["segment", str(SAMPLES / "hippocampus_004_image.nii.gz"), "--output", str(labels), "--method", method,
                "--prior", str(out), "--refine", "--steps", "2", "--quiet"]

@@ -16,18 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from inr_engine import strainer
 from inr_engine.intensity import IntensityReference
 from inr_engine.meta import MetaLearner
-from inr_engine.methods import inr_refine, metaseg, nisf, strainer
-from inr_engine.methods.shape_completion import (
-    TASK,
-    OccupancyINR,
-    ShapeCompleter,
-    ShapeConfig,
-    prior_metadata,
-    prior_tensors,
-)
-from inr_engine.prior_check import open_prior, verify_prior
 from inr_engine.priors import (
     CONFIG_VALUES,
     KNOWN_TASKS,
@@ -47,7 +38,13 @@ from inr_engine.priors import (
     typed_config,
     write_manifest,
 )
-from inr_engine.segment import load_segmenter
+from inr_engine.priors.check import open_prior, verify_prior
+from inr_engine.segmentation import metaseg, nisf, refinement
+from inr_engine.segmentation import strainer as segmentation_strainer
+from inr_engine.segmentation.segment import load_segmenter
+from inr_engine.shape import strainer as shape_strainer
+from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.model import TASK, OccupancyINR, ShapeConfig, prior_metadata, prior_tensors
 
 METASEG_TASK, NISF_TASK = SEGMENTATION_TASKS["metaseg"], SEGMENTATION_TASKS["nisf"]
 
@@ -428,12 +425,12 @@ def _strainer_priors(directory):
     fit = strainer.EncoderFit({}, 1, 0.1)
     meta = strainer.strainer_metadata(strainer.StrainerSettings(), fit, ["a", "b"])
     torch.manual_seed(0)
-    cfg = strainer.shape_config(hidden_features=8, hidden_layers=1)
+    cfg = shape_strainer.shape_config(hidden_features=8, hidden_layers=1)
     init = {k: v.detach() for k, v in OccupancyINR(cfg).named_parameters()}
     shape = save_prior(directory / "strainer-shape.safetensors",
                        initialisation_tensors(init, strainer.zero_step_sizes(init)),
                        prior_metadata(cfg, name="strainer-shape", **meta))
-    cfg = strainer.segmentation_config(hidden_features=8, hidden_layers=1)
+    cfg = segmentation_strainer.segmentation_config(hidden_features=8, hidden_layers=1)
     init = {k: v.detach() for k, v in metaseg.MetaSegINR(cfg).named_parameters()}
     sizes = strainer.zero_step_sizes({k: v for k, v in init.items() if k.startswith("siren.")})
     stats = ("mean", "std", "median", "zero_fraction")
@@ -591,7 +588,7 @@ def _engine_loads(path, task):
 
     def refined(segmenter):
         if "refinement" in segmenter.prior.metadata:
-            inr_refine.load_refiner(segmenter)
+            refinement.load_refiner(segmenter)
         return segmenter
 
     if task == TASK:

@@ -16,21 +16,24 @@ import pytest
 import torch
 
 from inr_engine.cli import main
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.datasets import LabelledImage
 from inr_engine.intensity import IntensityReference, normalize_intensity
 from inr_engine.io import LPS_TO_RAS, read_volume
-from inr_engine.methods import metaseg, nisf
-from inr_engine.methods.seg_training import (
+from inr_engine.priors import PriorError, bundled_priors, load_prior
+from inr_engine.segmentation import metaseg, nisf
+from inr_engine.segmentation.segment import load_segmenter, preview_labels, segment_image
+from inr_engine.segmentation.training import (
     DEFAULT_STEP_GRID,
+    MetaSegTrainingSettings,
+    NISFTrainingSettings,
     foreground_dice,
     train_metaseg_prior,
     train_nisf_prior,
 )
-from inr_engine.methods.segmentation import SegmentationError, TrainingVolumes, prepare_volume
-from inr_engine.priors import BUNDLED_DIR, PriorError, bundled_priors, load_prior
-from inr_engine.segment import load_segmenter, preview_labels, segment_image
+from inr_engine.segmentation.volume import SegmentationError, TrainingVolumes, prepare_volume
 
-SAMPLES = BUNDLED_DIR.parent / "samples"
+SAMPLES = SAMPLES_DIR
 CLASSES = ("background", "anterior", "posterior")
 
 
@@ -110,9 +113,9 @@ def test_metaseg_inner_loop_adapts_the_siren_only(subjects):
 @pytest.fixture(scope="module")
 def tiny_metaseg(tmp_path_factory, subjects):
     path = tmp_path_factory.mktemp("priors") / "metaseg.safetensors"
-    train_metaseg_prior(subjects, subjects[:1], TINY_METASEG, path, steps=3, meta_batch=2, lr=1e-3, seed=0,
-                        device=torch.device("cpu"), description="tiny", training_data={"test": True},
-                        validate_every=3)
+    settings = MetaSegTrainingSettings(steps=3, meta_batch=2, lr=1e-3, validate_every=3)
+    train_metaseg_prior(subjects, subjects[:1], TINY_METASEG, path, settings, device=torch.device("cpu"),
+                        description="tiny", training_data={"test": True})
     return path
 
 
@@ -145,9 +148,9 @@ def test_segmentation_priors_refuse_other_tasks(tiny_metaseg, tiny_prior):
 @pytest.fixture(scope="module")
 def tiny_nisf(tmp_path_factory, subjects):
     path = tmp_path_factory.mktemp("priors") / "nisf.safetensors"
-    train_nisf_prior(subjects, subjects[:1], TINY_NISF, path, steps=4, latent_steps=2, batch=2, lr=1e-3, seed=0,
-                     device=torch.device("cpu"), description="tiny", training_data={}, class_names=CLASSES,
-                     paper_step_grid=(0, 2, 4))
+    settings = NISFTrainingSettings(steps=4, latent_steps=2, batch=2, lr=1e-3, paper_step_grid=(0, 2, 4))
+    train_nisf_prior(subjects, subjects[:1], TINY_NISF, path, settings, device=torch.device("cpu"),
+                     description="tiny", training_data={}, class_names=CLASSES)
     return path
 
 

@@ -9,30 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from inr_engine.cli import SAMPLES_DIR
-from inr_engine.complete import complete_labelmap, input_labels
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.datasets import Shape
 from inr_engine.frames import spacing
 from inr_engine.io import read_volume
-from inr_engine.methods.shape_completion import (
-    OccupancyINR,
-    ShapeCompleter,
-    collate,
-    occupancy_loss,
-    prepare_case,
-    region_of_interest,
-    sample_task,
-    simulate_sparse,
-)
-from inr_engine.methods.shape_training import (
-    EchoedBatches,
-    TaskStream,
-    draw_meta_batch,
-    plane_axis,
-    protocol_dice,
-    setting_axis,
-)
-from inr_engine.methods.slices import (
+from inr_engine.metrics import dice
+from inr_engine.priors import BUNDLED_DIR, MANIFEST, bundled_priors, load_prior
+from inr_engine.runtime import seed_everything
+from inr_engine.shape.case import prepare_case, region_of_interest
+from inr_engine.shape.complete import complete_labelmap, input_labels
+from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.model import OccupancyINR, occupancy_loss
+from inr_engine.shape.slices import (
     FEATURES_PER_AXIS,
     NUM_FEATURES,
     SDF_SCALE_MM,
@@ -41,9 +29,9 @@ from inr_engine.methods.slices import (
     find_annotated_slices,
     sparsify,
 )
-from inr_engine.metrics import dice
-from inr_engine.priors import BUNDLED_DIR, MANIFEST, bundled_priors, load_prior
-from inr_engine.runtime import seed_everything
+from inr_engine.shape.tasks import collate, draw_meta_batch, sample_task, simulate_sparse
+from inr_engine.shape.training import plane_axis, protocol_dice, setting_axis
+from inr_engine.streams import EchoedBatches, TaskStream
 
 ANISO = dict(spacing=(0.8, 1.2, 2.0), angles_deg=(20, -10, 30), origin=(-40.0, 15.0, 60.0))
 

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from inr_engine.cli import SAMPLES_DIR, main
+from inr_engine.cli import main
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.io import read_volume
-from inr_engine.methods.shape_completion import ShapeCompleter, ShapeConfig, prepare_case
-from inr_engine.methods.slice_encoder import EncodedEvidence, EvidenceGrid, SliceEncoder, grid_multiple
-from inr_engine.methods.slices import NUM_FEATURES, SliceEvidence, sparsify
 from inr_engine.metrics import dice
 from inr_engine.priors import PriorError, load_prior, save_prior, sha256
+from inr_engine.shape.case import prepare_case
+from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.encoder import EncodedEvidence, EvidenceGrid, SliceEncoder, grid_multiple
+from inr_engine.shape.model import ShapeConfig
+from inr_engine.shape.slices import NUM_FEATURES, SliceEvidence, sparsify
 
 
 @pytest.mark.parametrize("channels", [(16, 32, 64), (16, 32, 64, 64, 64)])
@@ -78,7 +81,7 @@ def encoded_prior(tmp_path_factory):
     for name in ("adrenal_val000_full.nii.gz", "adrenal_val001_full.nii.gz"):
         shutil.copy(SAMPLES_DIR / name, data / name)
     out = directory / "encoded.safetensors"
-    code = main(["train", "shape", "--dataset", "labels", "--data", str(data), "--out", str(out), "--steps", "2",
+    code = main(["train", "shape", "--data", str(data), "--out", str(out), "--steps", "2",
                  "--meta-batch", "2", "--encoder-steps", "3", "--encoder-batch", "2", "--encoder-echo", "2",
                  "--max-val", "1",
                  "--config", "encoder_channels=4,8", "hidden_features=16", "hidden_layers=1", "context_points=256",
@@ -123,7 +126,7 @@ def test_evidence_without_encoder_is_unchanged(ellipsoid):
 
 def test_encoder_training_example_is_aligned_and_physical(ellipsoid):
     from inr_engine.datasets import Shape
-    from inr_engine.methods.shape_training import encoder_task
+    from inr_engine.shape.tasks import encoder_task
 
     mask, affine = ellipsoid  # 0.8 x 1.2 x 2.0 mm voxels, oblique
     cfg = ShapeConfig(encoder_channels=(4, 8, 8, 8), mixed_orientation_prob=0.0)
@@ -152,7 +155,7 @@ def test_cli_continues_training_a_prior(encoded_prior, tmp_path):
     data.mkdir()
     shutil.copy(SAMPLES_DIR / "adrenal_val000_full.nii.gz", data / "a.nii.gz")
     shutil.copy(SAMPLES_DIR / "adrenal_val001_full.nii.gz", data / "b.nii.gz")
-    common = ["train", "shape", "--dataset", "labels", "--data", str(data), "--init", str(encoded_prior),
+    common = ["train", "shape", "--data", str(data), "--init", str(encoded_prior),
               "--steps", "1", "--meta-batch", "2", "--max-val", "1"]
     out = tmp_path / "continued.safetensors"
     assert main([*common, "--out", str(out), "--encoder-steps", "0", "--config", "every_max=6"]) == 0

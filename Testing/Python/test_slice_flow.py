@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inr_engine.methods.slice_flow import SliceFlow, slice_flow
-from inr_engine.methods.slices import SDF_CAP_MM, SliceEvidence, _signed_distance
 from inr_engine.metrics import dice
+from inr_engine.shape.slice_flow import SliceFlow, slice_flow
+from inr_engine.shape.slices import SDF_CAP_MM, SliceEvidence, _signed_distance
 
 
 def disk(shape, centre, radius) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_flow_is_the_same_motion_at_any_pixel_size():
 def test_case_is_the_same_on_one_thread_and_on_several(ellipsoid_factory, tiny_cfg):
     import torch
 
-    from inr_engine.methods.shape_completion import prepare_case
+    from inr_engine.shape.case import prepare_case
 
     mask, affine = ellipsoid_factory((24, 24, 24), (9.0, 7.0, 8.0))
     sparse = np.zeros_like(mask)

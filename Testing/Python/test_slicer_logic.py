@@ -12,21 +12,17 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest  # noqa: E402
-from MetaShapeReconstructionLib.ReconstructionLogic import (  # noqa: E402
-    ReconstructionLogic,
-    ReconstructionRequest,
-    complete_oriented_labelmap,
-    load_completer,
-)
+from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest  # noqa: E402
 
-from inr_engine.cli import SAMPLES_DIR  # noqa: E402
+from inr_engine.data import SAMPLES_DIR  # noqa: E402
 from inr_engine.io import read_volume  # noqa: E402
-from inr_engine.methods.segmentation import SegmentationError  # noqa: E402
-from inr_engine.methods.slices import SliceError, sparsify  # noqa: E402
 from inr_engine.metrics import dice  # noqa: E402
 from inr_engine.priors import PriorError, read_metadata, resolve  # noqa: E402
 from inr_engine.runtime import DeviceError  # noqa: E402
+from inr_engine.segmentation.volume import SegmentationError  # noqa: E402
+from inr_engine.shape.slices import SliceError, sparsify  # noqa: E402
 from inr_slicer import worker  # noqa: E402
+from inr_slicer.completion import complete_oriented_labelmap, load_completer  # noqa: E402
 from inr_slicer.nodes import InputError, array_to_matrix, oriented_image_array, segment_mask, volume_array  # noqa: E402
 from inr_slicer.worker import Cancelled, FitRun, Progress, RunState  # noqa: E402
 

@@ -14,19 +14,22 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from inr_engine import strainer
 from inr_engine.cli import main
-from inr_engine.complete import complete_labelmap
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.io import read_volume
 from inr_engine.meta import sub_params
-from inr_engine.methods import metaseg, strainer
-from inr_engine.methods.seg_training import foreground_dice
-from inr_engine.methods.shape_completion import ShapeCompleter
 from inr_engine.metrics import dice
 from inr_engine.networks import Siren
-from inr_engine.priors import BUNDLED_DIR, load_prior
-from inr_engine.segment import load_segmenter, segment_image
+from inr_engine.priors import load_prior
+from inr_engine.segmentation import metaseg
+from inr_engine.segmentation import strainer as segmentation_strainer
+from inr_engine.segmentation.segment import load_segmenter, segment_image
+from inr_engine.segmentation.training import foreground_dice
+from inr_engine.shape.complete import complete_labelmap
+from inr_engine.shape.completer import ShapeCompleter
 
-SAMPLES = BUNDLED_DIR.parent / "samples"
+SAMPLES = SAMPLES_DIR
 # Step-bound (150 steps take about 12 s on two idle cores); the time limit only guards against a hang,
 # so that a loaded machine trains the same prior rather than a weaker one that fails the floors below.
 FAST = ["--steps", 150, "--time-limit", 300, "--device", "cpu"]
@@ -89,7 +92,7 @@ def test_segmentation_prior_is_a_metaseg_prior_that_fits_faster_than_a_random_si
     assert prior.metadata["classes"] == ["background", "anterior", "posterior"]
     segmenter = load_segmenter("metaseg", segmentation_prior)
     assert segmenter.cfg.inner_steps == 0 and segmenter.cfg.decoder_init == "least_squares"
-    random = strainer.random_segmenter(segmenter.cfg)
+    random = segmentation_strainer.random_segmenter(segmenter.cfg)
     image = read_volume(SAMPLES / "hippocampus_004_image.nii.gz")
     volume = segmenter.prepare(image.array, image.affine)
     psnr = {name: _psnr_after(seg, volume, 10) for name, seg in (("strainer", segmenter), ("random", random))}

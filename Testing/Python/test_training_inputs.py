@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.datasets import (
     Shape,
     TrainingDataError,
@@ -32,11 +33,12 @@ from inr_engine.datasets import (
     seeded_split,
 )
 from inr_engine.io import VolumeError, read_volume
-from inr_engine.methods.segmentation import SegmentationError, _looks_like_labels, equal_neighbours, prepare_volume
-from inr_engine.methods.shape_training import TaskStream, train_shape_prior
-from inr_engine.methods.slices import SliceError
+from inr_engine.segmentation.volume import SegmentationError, _looks_like_labels, equal_neighbours, prepare_volume
+from inr_engine.shape.slices import SliceError
+from inr_engine.shape.training import ShapeTrainingSettings, train_shape_prior
+from inr_engine.streams import TaskStream
 
-SAMPLES = Path(__file__).resolve().parents[2] / "inr_engine" / "data" / "samples"
+SAMPLES = SAMPLES_DIR
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "msd_hippocampus"
 
 
@@ -171,20 +173,19 @@ def test_training_with_no_usable_shape_raises_instead_of_hanging(tmp_path, tiny_
     """What ``train shape`` on a folder of one label map did: every shape went to validation and
     the data worker died on an empty training list while the trainer waited for ever."""
     shape = Shape(ball().astype(bool), np.eye(4), "ball")
-    out = in_thread(lambda: train_shape_prior([], [shape], tiny_cfg, tmp_path / "x.safetensors", steps=3,
-                                              meta_batch=2, lr=1e-3, seed=0, device=torch.device("cpu"),
-                                              settings=[("0", 4)], description="test", training_data={},
-                                              data_workers=2), 60)
+    settings = ShapeTrainingSettings(steps=3, meta_batch=2, lr=1e-3, data_workers=2, protocols=(("0", 4),))
+    out = in_thread(lambda: train_shape_prior([], [shape], tiny_cfg, tmp_path / "x.safetensors", settings,
+                                              device=torch.device("cpu"), description="test", training_data={}), 60)
     assert isinstance(out.get("error"), SliceError), out
     assert "no training shapes" in one_line(out["error"])
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_shapes_that_never_give_a_task_raise_instead_of_looping():
-    from inr_engine.methods.shape_training import _draw
+    from inr_engine.shape.tasks import draw_tasks
 
     shape = Shape(ball().astype(bool), np.eye(4), "ball")
-    out = in_thread(lambda: _draw([shape], np.random.default_rng(0), 2, lambda _shape: None), 60)
+    out = in_thread(lambda: draw_tasks([shape], np.random.default_rng(0), 2, lambda _shape: None), 60)
     assert isinstance(out.get("error"), SliceError) and "too small" in one_line(out["error"])
 
 

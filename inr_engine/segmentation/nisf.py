@@ -37,7 +37,7 @@ from ..intensity import IntensityReference
 from ..meta import MetaLearner
 from ..networks import GaborResMLP
 from ..priors import SEGMENTATION_TASKS, Prior, PriorError, build_network, prior_config
-from .segmentation import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
+from .volume import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["nisf"]
 PROCEDURES = ("fast", "paper")

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
-from .fit import FitStep
-from .frames import validate_affine
-from .mesh import surface_from_logits
-from .methods.shape_completion import Case, ShapeCompleter
-from .methods.slices import SliceError
+from ..fit import FitStep
+from ..frames import validate_affine
+from ..mesh import surface_from_logits
+from .case import Case
+from .completer import ShapeCompleter
+from .slices import SliceError
 
 MAX_LABELS = 255
 MAX_MESH_STEP = 8.0  # mesh sampling in voxels: coarser meshes lose small structures entirely

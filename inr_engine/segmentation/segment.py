@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .fit import FitStep
-from .methods import inr_refine, metaseg, nisf
-from .methods.segmentation import Segmenter, SegVolume
-from .priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, PriorError, load_prior
+from ..fit import FitStep
+from ..priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, PriorError, load_prior
+from . import metaseg, nisf, refinement
+from .volume import Segmenter, SegVolume, default_class_names
 
 StepCallback = Callable[[FitStep, SegVolume], None]
 PREVIEW_POINTS = 1 << 18  # about a second of MetaSeg decoding on 2 CPU threads
@@ -44,7 +44,7 @@ def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, s
                   on_step: StepCallback | None = None, refine: bool = False) -> Segmentation:
     """Fit ``segmenter`` to the image's intensities for ``steps`` steps and decode the labels;
     ``refine`` re-renders the most uncertain voxels with the prior's boundary refiner."""
-    refiner = inr_refine.load_refiner(segmenter) if refine else None
+    refiner = refinement.load_refiner(segmenter) if refine else None
     t0 = time.perf_counter()
     volume = segmenter.prepare(image, affine)
     prepare_s = time.perf_counter() - t0
@@ -57,7 +57,7 @@ def segment_image(image: np.ndarray, affine: np.ndarray, segmenter: Segmenter, s
 def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = None,
                    on_step: StepCallback | None = None, refiner=None) -> Segmentation:
     """:func:`segment_image` on a volume already checked and prepared by ``segmenter.prepare``;
-    ``refiner`` (from :func:`inr_refine.load_refiner`) refines the boundaries."""
+    ``refiner`` (from :func:`refinement.load_refiner`) refines the boundaries."""
     steps = segmenter.default_steps if steps is None else steps
     history, params = [], None
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def segment_volume(volume: SegVolume, segmenter: Segmenter, steps: int | None = 
         labels = segmenter.labels(volume, params)
         phases["decode"] = time.perf_counter() - t0
     else:  # decodes every voxel's logits itself, then re-renders the uncertain ones
-        labels = inr_refine.refined_labels(segmenter, refiner, volume, params)
+        labels = refinement.refined_labels(segmenter, refiner, volume, params)
         phases["refine"] = time.perf_counter() - t0
     phases["total"] = sum(phases.values())
     counts = np.bincount(labels.ravel(), minlength=segmenter.cfg.num_classes)
@@ -108,5 +108,5 @@ def class_names(segmenter: Segmenter) -> list[str]:
     """Class names from the prior's metadata (index 0 is the background), or ``class N``."""
     names = segmenter.prior.metadata.get("classes") if segmenter.prior is not None else None
     if not names or len(names) != segmenter.cfg.num_classes:
-        names = ["background"] + [f"class {c}" for c in range(1, segmenter.cfg.num_classes)]
+        names = default_class_names(segmenter.cfg.num_classes)
     return list(names)

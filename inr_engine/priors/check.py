@@ -16,14 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .priors import SEGMENTATION_TASKS, SHAPE_COMPLETION_TASK, Prior, PriorError, error_summary, load_prior
+from .metadata import SEGMENTATION_TASKS, SHAPE_COMPLETION_TASK, PriorError, error_summary
+from .store import Prior, load_prior
 
 
 def open_prior(name_or_path: str | Path, device: Any = "cpu"):
     """The object the engine runs for this prior (bundled name or file), built on ``device``: a
-    :class:`~inr_engine.methods.shape_completion.ShapeCompleter`, a
-    :class:`~inr_engine.methods.metaseg.MetaSegSegmenter` or a
-    :class:`~inr_engine.methods.nisf.NISFSegmenter` (fast procedure, or paper if that is all it
+    :class:`~inr_engine.shape.completer.ShapeCompleter`, a
+    :class:`~inr_engine.segmentation.metaseg.MetaSegSegmenter` or a
+    :class:`~inr_engine.segmentation.nisf.NISFSegmenter` (fast procedure, or paper if that is all it
     holds). Its boundary refiner, if any, and NISF's other procedure are built too, as checks.
 
     Raises :class:`PriorError` (one line) for any prior the engine could not use.
@@ -54,15 +55,15 @@ def _open(prior: Prior, device: Any):
 
 
 def _build(prior: Prior, device: Any):
-    from .methods import inr_refine, metaseg, nisf
-    from .methods.shape_completion import ShapeCompleter
+    from ..segmentation import metaseg, nisf, refinement
+    from ..shape.completer import ShapeCompleter
 
     if prior.task == SHAPE_COMPLETION_TASK:
         return ShapeCompleter.from_prior(prior, device)
     if prior.task == SEGMENTATION_TASKS["metaseg"]:
         segmenter = metaseg.MetaSegSegmenter.from_prior(prior, device)
         if "refinement" in prior.metadata:
-            inr_refine.load_refiner(segmenter)
+            refinement.load_refiner(segmenter)
         return segmenter
     if prior.task == SEGMENTATION_TASKS["nisf"]:
         held = [p for p in nisf.PROCEDURES if any(k.startswith(f"{p}.") for k in prior.tensors)]
@@ -72,6 +73,6 @@ def _build(prior: Prior, device: Any):
             if procedure not in built:
                 raise PriorError(f"{prior.path}: its boundary refiner is for the {procedure!r} procedure, which the "
                                  "prior does not hold: re-create the refiner with 'inr-engine train refine'")
-            inr_refine.load_refiner(built[procedure])
+            refinement.load_refiner(built[procedure])
         return built.get("fast", next(iter(built.values())))
     raise PriorError(f"{prior.path} is a {prior.task!r} prior, a task this engine does not know")  # load_prior refuses

@@ -7,28 +7,35 @@ held-out subjects that benchmarks report on never steer training.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..datasets import LabelledImage
 from ..metrics import dice
 from ..priors import load_prior, save_prior
 from ..runtime import seed_everything
-from ..segment import segment_image
-from ..train import TrainingBudget, distributed_context, json_logger, train_meta
+from ..training import (
+    Log,
+    MetaTrainingSettings,
+    TrainingSettings,
+    distributed_context,
+    json_logger,
+    run_training,
+    train_meta,
+)
 from . import metaseg, nisf
-from .segmentation import Segmenter, TrainingVolumes
+from .segment import segment_image
+from .volume import Segmenter, TrainingVolumes
 
 
 def foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
     return [dice(pred == c, truth == c) for c in range(1, num_classes)]
 
 
-def validation_metrics(segmenter: Segmenter, images: list[LabelledImage], num_classes: int,
+def segmentation_validation(segmenter: Segmenter, images: list[LabelledImage], num_classes: int,
                        steps: int | None = None) -> dict:
     """Mean foreground Dice per class (and their mean, ``score``) after ``steps`` fitting steps."""
     scores = np.array([foreground_dice(segment_image(im.image, im.affine, segmenter, steps).labels, im.labels,
@@ -37,31 +44,43 @@ def validation_metrics(segmenter: Segmenter, images: list[LabelledImage], num_cl
     return {"score": float(per_class.mean()), "dice_per_class": [float(d) for d in per_class]}
 
 
+@dataclass
+class MetaSegTrainingSettings(MetaTrainingSettings):
+    """How a MetaSeg prior is meta-trained (what is not in its :class:`~.metaseg.MetaSegConfig`);
+    a task is a subject."""
+
+    validate_every: int = 100
+
+    def stage(self) -> TrainingSettings:
+        return self.meta_stage(log_every=self.validate_every)
+
+
 def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: metaseg.MetaSegConfig,
-                        out: str | Path, *, steps: int, meta_batch: int, lr: float, seed: int, device: torch.device,
+                        out: str | Path, settings: MetaSegTrainingSettings, *, device: torch.device,
                         description: str, training_data: dict, class_names=metaseg.CLASS_NAMES,
-                        log_path: str | Path | None = None, time_limit_s: float | None = None,
-                        validate_every: int = 100) -> dict:
+                        log_path: str | Path | None = None) -> dict:
     """Meta-train MetaSeg and write the best validated state to ``out``."""
-    rng = seed_everything(seed + distributed_context()[0])
+    rng = seed_everything(settings.seed + distributed_context()[0])
     data = TrainingVolumes.from_images(train, cfg.scale_mm, cfg.num_classes)
     reference = data.reference()
     learner = metaseg.new_learner(cfg)
 
     def validate(lrn) -> dict:
         segmenter = metaseg.MetaSegSegmenter.from_learner(lrn, cfg, device=device)
-        return validation_metrics(segmenter, val, cfg.num_classes)
+        return segmentation_validation(segmenter, val, cfg.num_classes)
 
     def checkpoint(lrn, entry: dict) -> None:
         meta = metaseg.prior_metadata(cfg, reference, class_names, name=Path(out).stem, description=description,
                                       training=training_data, validation=entry, training_steps=entry["step"],
-                                      seed=seed, meta_batch=meta_batch, outer_lr=lr)
+                                      seed=settings.seed, meta_batch=settings.meta_batch, outer_lr=settings.lr)
         save_prior(out, metaseg.prior_tensors(lrn), meta)
 
-    result = train_meta(learner, lambda: data.meta_batch(rng, meta_batch, cfg.context_points, cfg.target_points),
-                        metaseg.make_outer_loss(cfg), steps, lr, device, validate, validate_every=validate_every,
-                        log=json_logger(log_path), checkpoint=checkpoint, time_limit_s=time_limit_s,
-                        inner_loss_fn=metaseg.intensity_loss)
+    def next_batch():
+        return data.meta_batch(rng, settings.meta_batch, cfg.context_points, cfg.target_points)
+
+    result = train_meta(learner, next_batch, metaseg.make_outer_loss(cfg), settings.stage(), device,
+                        inner_loss_fn=metaseg.intensity_loss, validate=validate, checkpoint=checkpoint,
+                        log=json_logger(log_path))
     if distributed_context()[0] == 0:
         curve = choose_default_steps(out, val)
         json_logger(log_path)({"stage": "default steps", "dice_against_steps": curve})
@@ -118,31 +137,51 @@ def dice_against_steps(segmenter: Segmenter, images: list[LabelledImage], num_cl
     return {s: float(np.mean(v)) for s, v in scores.items()}
 
 
+@dataclass
+class NISFTrainingSettings:
+    """How a NISF prior is trained: the auto-decoder, then the fast procedure's meta-learned stage."""
+
+    steps: int = 3000  # auto-decoder steps
+    batch: int = 8  # subjects per step
+    lr: float = 5e-4  # the network's Adam learning rate (the latents': NISFConfig.latent_lr)
+    latent_steps: int = 300  # meta-learning steps of the fast procedure
+    meta_lr: float = 1e-3
+    seed: int = 0
+    time_limit_s: float | None = None  # of the auto-decoder stage
+    paper_step_grid: tuple[int, ...] = PAPER_STEP_GRID  # step counts the paper procedure chooses from
+
+    def auto_decoder_stage(self) -> TrainingSettings:
+        return TrainingSettings(self.steps, self.lr, self.time_limit_s, log_every=100)
+
+    def meta_stage(self) -> TrainingSettings:
+        return TrainingSettings(self.latent_steps, self.meta_lr, clip_grad_norm=1.0,
+                                log_every=max(self.latent_steps // 4, 25))
+
+
 def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: nisf.NISFConfig, out: str | Path,
-                     *, steps: int, latent_steps: int, batch: int, lr: float, seed: int, device: torch.device,
-                     description: str, training_data: dict, class_names, log_path: str | Path | None = None,
-                     time_limit_s: float | None = None, paper_step_grid=PAPER_STEP_GRID, meta_lr: float = 1e-3) -> dict:
+                     settings: NISFTrainingSettings, *, device: torch.device, description: str, training_data: dict,
+                     class_names, log_path: str | Path | None = None) -> dict:
     """Auto-decoder training, the paper procedure's step count, then the fast procedure's stage.
 
     1. weights and one latent per training subject, jointly (Adam);
-    2. the paper procedure's step count: the best mean Dice on ``val`` over ``paper_step_grid``;
-    3. the fast procedure's initialisation and step sizes meta-learned (``latent_steps``) from the
-       auto-decoder; the prior keeps the auto-decoder as well, for the paper procedure.
+    2. the paper procedure's step count: the best mean Dice on ``val`` over ``settings.paper_step_grid``;
+    3. the fast procedure's initialisation and step sizes meta-learned (``settings.latent_steps``)
+       from the auto-decoder; the prior keeps the auto-decoder as well, for the paper procedure.
     """
     log = json_logger(log_path)
-    rng = seed_everything(seed)
+    rng = seed_everything(settings.seed)
     data = TrainingVolumes.from_images(train, cfg.scale_mm, cfg.num_classes)
     reference = data.reference()
     net = nisf.NISFNetwork(cfg).to(device)
     start = time.perf_counter()
-    latents = _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_limit_s)
+    latents = _fit_auto_decoder(net, data, cfg, rng, settings, device, log)
     trained_s = time.perf_counter() - start
 
     rank = distributed_context()[0]
     curve: dict[int, float] = {}
     if rank == 0:  # only rank 0 validates and writes
         paper = nisf.NISFSegmenter(cfg, dict(net.named_parameters()), None, "paper", device=device)
-        curve = dice_against_steps(paper, val, cfg.num_classes, paper_step_grid)
+        curve = dice_against_steps(paper, val, cfg.num_classes, settings.paper_step_grid)
         cfg.paper_steps = max(curve, key=curve.get)
         log({"stage": "paper procedure", "dice_against_steps": curve, "paper_steps": cfg.paper_steps})
 
@@ -154,30 +193,27 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
     def validate(lrn) -> dict:
         fast = nisf.NISFSegmenter(cfg, dict(lrn.model.named_parameters()), lrn.step_sizes(), "fast",
                                   device=device)
-        return validation_metrics(fast, val, cfg.num_classes)
-
-    best: dict = {}
+        return segmentation_validation(fast, val, cfg.num_classes)
 
     def checkpoint(lrn, entry: dict) -> None:
-        best.update(entry)
         meta = nisf.prior_metadata(
             cfg, reference, class_names, name=Path(out).stem, description=description, training=training_data,
             validation={"fast": entry, "paper": {"dice_against_steps": curve, "steps": cfg.paper_steps,
                                                  "score": curve[cfg.paper_steps]}},
-            training_steps={"auto_decoder": steps, "latent_meta": entry["step"]}, seed=seed, batch=batch,
-            outer_lr=lr, training_seconds=trained_s)
+            training_steps={"auto_decoder": settings.steps, "latent_meta": entry["step"]}, seed=settings.seed,
+            batch=settings.batch, outer_lr=settings.lr, training_seconds=trained_s)
         save_prior(out, nisf.prior_tensors(paper_weights, lrn), meta)
 
-    result = train_meta(learner, lambda: data.meta_batch(rng, batch, cfg.points, cfg.points), nisf.outer_loss,
-                        latent_steps, meta_lr, device, validate, validate_every=max(latent_steps // 4, 25), log=log,
-                        checkpoint=checkpoint, inner_loss_fn=nisf.inner_loss)
+    result = train_meta(learner, lambda: data.meta_batch(rng, settings.batch, cfg.points, cfg.points),
+                        nisf.outer_loss, settings.meta_stage(), device, inner_loss_fn=nisf.inner_loss,
+                        validate=validate, checkpoint=checkpoint, log=log, stage="fast procedure")
     if rank == 0:
         log({"stage": "default steps", "dice_against_steps": choose_default_steps(out, val)})
     return {"best": result.best, "paper": curve, "paper_steps": cfg.paper_steps, "config": asdict(cfg)}
 
 
 class _AutoDecoder(torch.nn.Module):
-    """The network and one latent per training subject, so DDP averages the gradients of both."""
+    """The network and one latent per training subject."""
 
     def __init__(self, net: nisf.NISFNetwork, subjects: int, cfg: nisf.NISFConfig):
         super().__init__()
@@ -189,29 +225,18 @@ class _AutoDecoder(torch.nn.Module):
         return nisf.auto_decoder_loss(self.net, self.latents[index], coords, intensity, labels, self.cfg)
 
 
-def _fit_auto_decoder(net, data, cfg, rng, steps, batch, lr, device, log, time_limit_s) -> torch.Tensor:
+def _fit_auto_decoder(net: nisf.NISFNetwork, data: TrainingVolumes, cfg: nisf.NISFConfig, rng: np.random.Generator,
+                      settings: NISFTrainingSettings, device: torch.device, log: Log) -> torch.Tensor:
     """Train the weights and one latent per subject together; returns the training latents."""
     decoder = _AutoDecoder(net, len(data.volumes), cfg).to(device)
-    net.latent.requires_grad_(False)  # the per-subject latents stand in for it (DDP must see no unused parameter)
-    rank, world = distributed_context()
-    model = DistributedDataParallel(decoder) if world > 1 else decoder
-    opt = torch.optim.Adam([{"params": net.parameters(), "lr": lr},
-                            {"params": [decoder.latents], "lr": cfg.latent_lr}])
-    budget = TrainingBudget(steps, time_limit_s)
-    running, progress = 0.0, 0.0
-    for step in range(1, steps + 1):
-        budget.set_lr(opt, progress)
-        loss = model(*(t.to(device) for t in nisf.sample_batch(data, cfg, rng, batch)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += float(loss.detach())
-        progress = budget.progress(step)
-        if rank == 0 and (step % 100 == 0 or progress >= 1):
-            log({"stage": "auto-decoder", "step": step, "loss": running / (step % 100 or 100),
-                 "seconds": budget.seconds()})
-            running = 0.0
-        if progress >= 1:
-            break
+    net.latent.requires_grad_(False)  # the per-subject latents stand in for it
+
+    def step_loss() -> torch.Tensor:
+        return decoder(*(t.to(device) for t in nisf.sample_batch(data, cfg, rng, settings.batch)))
+
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad], "lr": settings.lr},
+              {"params": [decoder.latents], "lr": cfg.latent_lr}]
+    run_training(decoder, step_loss, settings.auto_decoder_stage(), stage="auto-decoder", param_groups=groups,
+                 log=log)
     net.latent.requires_grad_(True)
     return decoder.latents.detach()

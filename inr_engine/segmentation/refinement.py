@@ -25,17 +25,20 @@ from torch.func import functional_call
 
 from ..meta import sub_params
 from ..priors import Prior, PriorError, error_summary, load_prior, save_prior
+from ..training import TrainingSettings, run_training
 from . import morse
 from .metaseg import MetaSegSegmenter
 from .nisf import TASK as NISF_TASK
 from .nisf import NISFSegmenter
-from .segmentation import SegVolume
+from .volume import SegVolume
 
 RefinableSegmenter = MetaSegSegmenter | NISFSegmenter
 
 PREFIX = "refine."
 ROUNDS_PER_SUBJECT = 2  # point selections per training subject
-REFINE_POINTS = 2048  # voxels re-rendered per volume (MORSE's 8192 is for 2D slices at 4x upsampling)
+REFINED_VOXELS = 2048  # voxels re-rendered per volume (MORSE's 8192 points are for 2D slices at 4x upsampling)
+RENDERER_BATCH = 4096  # points per training step of the renderer
+REFINER_ITERATIONS = 800  # training steps of the renderer
 
 
 def refiner_for(segmenter: RefinableSegmenter) -> morse.BoundaryRenderer:
@@ -78,7 +81,7 @@ def render(segmenter: RefinableSegmenter, renderer: morse.BoundaryRenderer, para
 
 
 def refined_labels(segmenter: RefinableSegmenter, renderer: morse.BoundaryRenderer, volume: SegVolume, params,
-                   count: int = REFINE_POINTS) -> np.ndarray:
+                   count: int = REFINED_VOXELS) -> np.ndarray:
     """The label map of the fitted ``params`` with the ``count`` most uncertain voxels re-rendered."""
     with torch.no_grad():
         logits = torch.cat([point_inputs(segmenter, params, c, volume.intensity[:0])[1]
@@ -105,7 +108,7 @@ def training_points(segmenter: RefinableSegmenter, params, volume: SegVolume, rn
     return torch.cat([uncertain, torch.randint(len(volume.coords), (count - n_uncertain,), generator=rng)])
 
 
-def train_refiner(segmenter: RefinableSegmenter, images, steps: int | None = None, iterations: int = 800,
+def train_refiner(segmenter: RefinableSegmenter, images, steps: int | None = None, iterations: int = REFINER_ITERATIONS,
                   seed: int = 0, log=None) -> tuple[morse.BoundaryRenderer, dict]:
     """Fit each training image as at test time, gather MORSE points, train the renderer on them."""
     torch.manual_seed(seed)
@@ -127,19 +130,15 @@ def train_refiner(segmenter: RefinableSegmenter, images, steps: int | None = Non
     layers = [torch.cat([b[1][n] for b in batches]) for n in range(len(batches[0][1]))]
     logits, intensity, target = (torch.cat([b[k] for b in batches]).to(segmenter.device) for k in (2, 3, 4))
     renderer = refiner_for(segmenter)
-    opt = torch.optim.Adam(renderer.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    renderer.train()
-    for it in range(iterations):
-        pick = torch.randint(len(coords), (4096,))
+
+    def step_loss() -> torch.Tensor:
+        pick = torch.randint(len(coords), (RENDERER_BATCH,))
         pred = renderer(coords[pick], [f[pick].float() for f in layers], logits[pick], intensity[pick])
-        loss = F.cross_entropy(pred, target[pick])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (it + 1) % 500 == 0:
-            log({"stage": "refiner", "iteration": it + 1, "loss": float(loss.detach())})
+        return F.cross_entropy(pred, target[pick])
+
+    renderer.train()
+    run_training(renderer, step_loss, TrainingSettings(iterations, 1e-3, lr_floor=0.0, log_every=500),
+                 stage="refiner", log=log)
     renderer.eval()
     return renderer, {"subjects": len(images), "points": len(coords), "iterations": iterations,
                       "fit_steps": steps or segmenter.default_steps, "gather_seconds": round(gathered, 1),
@@ -151,7 +150,7 @@ def save_refined_prior(prior: Prior, renderer: morse.BoundaryRenderer, out: str 
     tensors = {k: v for k, v in prior.tensors.items() if not k.startswith(PREFIX)}
     tensors.update({PREFIX + k: v for k, v in renderer.state_dict().items()})
     meta = {**prior.metadata, "refinement": {"method": "MORSE-style implicit rendering of uncertain voxels",
-                                             "refine_points": REFINE_POINTS, **training}}
+                                             "refine_points": REFINED_VOXELS, **training}}
     return save_prior(out, tensors, meta)
 
 

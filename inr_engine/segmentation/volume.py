@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # not at run time: the file readers are not needed to segment
 MAX_SEGMENT_VOXELS = 256**3
 
 
+def default_class_names(num_classes: int) -> list[str]:
+    """``background``, ``class 1``, ...: the names of classes nobody named."""
+    return ["background"] + [f"class {c}" for c in range(1, num_classes)]
+
+
 class SegmentationError(ValueError):
     """An input that cannot be segmented (not a 3D image, NaN, constant, a label map, too large)."""
 

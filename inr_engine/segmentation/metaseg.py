@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
-from ..meta import ALGORITHMS, MetaLearner, sub_params
+from ..meta import ALGORITHMS, STRAINER, MetaLearner, sub_params
 from ..networks import Siren
 from ..priors import (
     SEGMENTATION_TASKS,
@@ -35,7 +35,7 @@ from ..priors import (
     initialisation_tensors,
     prior_config,
 )
-from .segmentation import SegVolume, predict_labels, prepare_volume, segmentation_loss
+from .volume import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["metaseg"]
 CLASS_NAMES = ("background", "anterior", "posterior")
@@ -130,7 +130,7 @@ class MetaSegSegmenter:
     def from_prior(cls, prior: Prior, device: torch.device | str = "cpu") -> MetaSegSegmenter:
         """The segmenter a prior describes; :class:`PriorError` (one line) for any prior it cannot build."""
         cfg = prior_config(prior, TASK, MetaSegConfig, "MetaSeg")
-        if cfg.algorithm not in (*ALGORITHMS, "strainer"):
+        if cfg.algorithm not in (*ALGORITHMS, STRAINER):
             raise PriorError(f"{prior.path}: config.algorithm {cfg.algorithm!r} is none of this engine's "
                              f"({', '.join(ALGORITHMS)}, strainer): use a prior trained with this engine version")
         if cfg.decoder_init not in DECODER_INITS:

@@ -33,7 +33,7 @@ from torch import nn
 OVERSAMPLE = 3  # k_p
 IMPORTANCE = 0.75  # rho
 TRAIN_POINTS = 2048  # N_p per volume
-REFINE_POINTS = 8192  # voxels re-rendered per volume at inference
+DEFAULT_REFINE_POINTS = 8192  # points re-rendered per image at inference (MORSE: 2D slices, 4x upsampling)
 
 
 def uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ class BoundaryRenderer(nn.Module):
 
 
 def refine_logits(coarse: torch.Tensor, render: Callable[[torch.Tensor], torch.Tensor],
-                  count: int = REFINE_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+                  count: int = DEFAULT_REFINE_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-render the ``count`` most uncertain voxels of ``coarse`` (C, *grid) with ``render``.
 
     ``render(voxels)`` gets integer voxel indices (n, ndim) and returns logits (n, C). Returns

@@ -1,0 +1,47 @@
+"""Priors: network weights in safetensors, JSON metadata in its header, a SHA256 manifest.
+
+:mod:`.store` reads, writes and lists prior files; :mod:`.metadata` checks what their metadata
+holds; :mod:`.check` opens a prior completely (it imports the methods, so it is not imported here:
+the methods import this package).
+"""
+
+from .metadata import (
+    CONFIG_VALUES,
+    DEFAULT_PRIORS,
+    KNOWN_TASKS,
+    LOAD_ADVICE,
+    SEGMENTATION_TASKS,
+    SHAPE_COMPLETION_TASK,
+    PriorError,
+    check_metadata,
+    config_value_problem,
+    error_summary,
+    typed_config,
+)
+from .store import (
+    BUNDLED_DIR,
+    EDITABLE_METADATA,
+    MANIFEST,
+    PRIOR_FORMAT,
+    PRIOR_FORMAT_VERSION,
+    Prior,
+    build_network,
+    bundled_priors,
+    initialisation_tensors,
+    load_prior,
+    prior_config,
+    read_metadata,
+    resolve,
+    save_prior,
+    set_metadata,
+    sha256,
+    write_manifest,
+)
+
+__all__ = [
+    "BUNDLED_DIR", "CONFIG_VALUES", "DEFAULT_PRIORS", "EDITABLE_METADATA", "KNOWN_TASKS", "LOAD_ADVICE", "MANIFEST",
+    "PRIOR_FORMAT", "PRIOR_FORMAT_VERSION", "SEGMENTATION_TASKS", "SHAPE_COMPLETION_TASK", "Prior", "PriorError",
+    "build_network", "bundled_priors", "check_metadata", "config_value_problem", "error_summary",
+    "initialisation_tensors", "load_prior", "prior_config", "read_metadata", "resolve", "save_prior", "set_metadata",
+    "sha256", "typed_config", "write_manifest",
+]
