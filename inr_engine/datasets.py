@@ -104,7 +104,7 @@ def check_split(available: int, validation: int, held_out: int = 0, minimum_trai
     """Refuse a split of ``available`` subjects (or shapes) into ``validation``, ``held_out`` and
     at least ``minimum_train`` to train on; returns the number left to train on.
 
-    ``what`` names them and where they are, e.g. ``"subjects in data/hippocampus"``; the options
+    ``what`` names them and where they are, e.g. ``"subjects in data/brains"``; the options
     (``None``: not a command-line option) are named in the message. Raises
     :class:`TrainingDataError` with a one-line message such as "3 subjects in DIR: 1 for
     validation (--val) and 2 held out (--holdout) leave none to train on; ...".

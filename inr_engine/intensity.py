@@ -1,7 +1,7 @@
 """Intensity normalisation robust to raw scanner ranges, and a check against a prior's data.
 
-MRI intensities have no absolute scale (the shared hippocampus crops mix float32 values in
-the thousands with uint8 ranges), so every image is mapped to [0, 1] by its own robust
+MRI intensities have no absolute scale (one data set can mix float32 values in the
+thousands with uint8 ranges), so every image is mapped to [0, 1] by its own robust
 percentiles. Priors store the distribution of simple statistics of their training images
 after this mapping; an image far outside it gets a warning, not a refusal.
 """

@@ -2,13 +2,13 @@
 
 Two worlds, each checked both ways (nothing imported is undeclared, nothing declared is unused):
 
-* Slicer: the modules' logic (``INRSegmentationLib``, ``MetaShapeReconstructionLib``, whose
-  ``complete_oriented_labelmap`` is the Segment Editor effect's logic) and ``inr_slicer``, followed
-  through ``inr_engine``. What they import beyond what Slicer provides must be exactly
+* Slicer: the modules' logic (``INRSegmentationLib``, ``MetaShapeReconstructionLib``) and
+  ``inr_slicer`` (whose ``completion`` is the Segment Editor effect's logic), followed through
+  ``inr_engine``. What they import beyond what Slicer provides must be exactly
   ``inr_slicer/requirements.txt``, which the modules pip-install on first Apply.
-* The engine and its CLI: every ``inr_engine`` module except ``inr_engine/baselines/`` (reached only
-  from the benchmarks and tests, checked here). What they import must be exactly pyproject's core
-  ``dependencies``, so a plain ``pip install .`` runs them.
+* The engine and its CLI: every ``inr_engine`` module. What they import must be exactly
+  pyproject's core ``dependencies``, so a plain ``pip install .`` runs them; the research code in
+  ``benchmarks/`` is never reached from the engine or the Slicer side (checked here).
 
 The import graph counts function-level imports (the logic imports the engine only when a run
 starts), skips ``if TYPE_CHECKING:`` blocks, and treats imports guarded by ``except ImportError``
@@ -39,7 +39,8 @@ SLICER_APP = {"SegmentEditorEffects", "qSlicerSegmentationsEditorEffectsPythonQt
 
 # The Slicer-side logic: no Qt, runs on the slicer-core wheel.
 SLICER_LOGIC = ["INRSegmentationLib.SegmentationLogic", "MetaShapeReconstructionLib.ReconstructionLogic",
-                "inr_slicer", "inr_slicer.nodes", "inr_slicer.outputs", "inr_slicer.worker"]
+                "inr_slicer", "inr_slicer.completion", "inr_slicer.nodes", "inr_slicer.outputs", "inr_slicer.priors",
+                "inr_slicer.worker"]
 # Everything else Slicer loads: module classes and widgets, the effect, the dependency installer.
 SLICER_APP_FILES = [*(f"{d}.py" for d in MODULE_DIRS), *(f"{d}/{d}Lib/*.py" for d in MODULE_DIRS)]
 
@@ -171,12 +172,7 @@ def walk(entries: list[str], stop=lambda name: False) -> Found:
 
 
 def engine_modules() -> list[str]:
-    return sorted(module_name(p) for p in (ROOT / "inr_engine").rglob("*.py")
-                  if "baselines" not in p.relative_to(ROOT / "inr_engine").parts)
-
-
-def in_baselines(name: str) -> bool:
-    return name == "inr_engine.baselines" or name.startswith("inr_engine.baselines.")
+    return sorted(module_name(p) for p in (ROOT / "inr_engine").rglob("*.py"))
 
 
 def slicer_app_modules() -> list[str]:
@@ -254,11 +250,12 @@ def test_core_dependencies_are_what_the_engine_imports():
         f"{({k: needed[k] for k in set(needed) - declared})}, unused {sorted(declared - set(needed))}")
 
 
-def test_baselines_are_reached_only_from_benchmarks_and_tests():
-    # so their imports (slicer-core's vtkITK) may stay out of the core dependencies
+def test_benchmarks_are_not_reached_from_the_engine_or_the_slicer_modules():
+    # research code (baselines needing slicer-core's vtkITK, data-set loaders) stays out of what users install
     for entries in (engine_modules(), slicer_app_modules()):
-        reached = sorted(n for n in walk(entries).visited if in_baselines(n))
-        assert not reached, f"inr_engine.baselines reached from the engine or the Slicer modules: {reached}"
+        found = walk(entries)
+        reached = {k: v for k, v in {**found.required, **found.optional}.items() if k in ("benchmarks", "scripts")}
+        assert not reached, f"research code imported by the engine or the Slicer modules: {reached}"
 
 
 def test_slicer_requirements_are_core_dependencies_too():

@@ -28,6 +28,7 @@ from inr_engine.segmentation.segment import load_segmenter, segment_image
 from inr_engine.segmentation.training import foreground_dice
 from inr_engine.shape.complete import complete_labelmap
 from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.model import ShapeConfig
 
 SAMPLES = SAMPLES_DIR
 # Step-bound (150 steps take about 12 s on two idle cores); the time limit only guards against a hang,
@@ -126,6 +127,14 @@ def test_shape_prior_completes_through_the_usual_path(tmp_path, capsys):
     full = read_volume(SAMPLES / "adrenal_val001_full.nii.gz").array > 0
     result = complete_labelmap(sparse.array, sparse.affine, completer, steps=20)
     assert dice(result.labels > 0, full) > 0.8
+
+    # Meta-learning can start from a STRAINER initialisation (with the default meta-learning settings).
+    continued = tmp_path / "continued.safetensors"
+    code, _, err = _run(capsys, "train", "shape", "--data", folder, "--out", continued, "--init", out,
+                        "--steps", 2, "--max-val", 1, "--device", "cpu")
+    assert code == 0, err
+    meta_learned = ShapeCompleter.from_prior(load_prior(continued))
+    assert meta_learned.cfg.algorithm == ShapeConfig().algorithm and meta_learned.cfg.inner_steps > 0
 
 
 @pytest.mark.parametrize("args, message", [
