@@ -16,33 +16,29 @@ Medians (and 90th percentiles) over ``--updates`` updates after a warm-up, ``--t
 
 Example::
 
-    PYTHONPATH=.:MetaShapeReconstruction python benchmarks/live_update.py --threads 2
+    PYTHONPATH=MetaShapeReconstruction python -m benchmarks.live_update --threads 2
+
+(``MetaShapeReconstruction`` on the path, as Slicer puts it there, for the module's logic.)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import slicer
 import torch
 from scipy import ndimage
 
-from inr_engine.cli import SAMPLES_DIR
+from benchmarks import harness
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.io import read_volume
 from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import RunState
 
 GRID = (128, 128, 128)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def new_scene():
@@ -97,7 +93,7 @@ def completion_run(steps: int) -> dict:
     """A real completion run on 128^3; every live update it makes is timed on the main thread."""
     from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
-    from inr_engine.methods.slices import sparsify
+    from inr_engine.shape.slices import sparsify
     from inr_slicer.nodes import array_to_matrix
 
     full = read_volume(SAMPLES_DIR / "adrenal_val000_full.nii.gz")
@@ -157,24 +153,17 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=2)
+    p = harness.parser(__doc__, "live_update", threads=2)  # runs on the shipped samples, not on --data-root
     p.add_argument("--updates", type=int, default=30, help="segmentation updates timed (after one warm-up)")
     p.add_argument("--steps", type=int, default=60, help="fitting steps of the end-to-end completion run")
-    p.add_argument("--out", default="benchmarks/results/live_update")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    log("segmentation: timing segment writes and surface refreshes")
+    args = harness.parse(p, argv)
+    harness.log("segmentation: timing segment writes and surface refreshes")
     results = {"segmentation": segmentation_updates(args.updates)}
-    log("completion: an end-to-end run")
+    harness.log("completion: an end-to-end run")
     results["completion"] = completion_run(args.steps)
     results["machine"] = {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
                           "python": sys.version.split()[0], "torch": torch.__version__}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "live_update.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "live_update.md").write_text(table(results) + "\n")
-    print(table(results))
+    harness.write_results(args.out, "live_update", results, table(results))
     return 0
 
 

@@ -8,33 +8,25 @@ HD95 and ASD (mm, MONAI), medians and means over subjects, and the refinement's 
 
 Example::
 
-    PYTHONPATH=. python benchmarks/morse_inr.py --threads 2
+    python -m benchmarks.morse_inr --threads 2
     inr-engine train refine --prior hippocampus-nisf --data DATA --holdout 40 --out runs/nisf-refined.safetensors
-    PYTHONPATH=. python benchmarks/morse_inr.py --method nisf --prior runs/nisf-refined.safetensors
+    python -m benchmarks.morse_inr --method nisf --prior runs/nisf-refined.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from report import write_results  # noqa: E402
-
-from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split  # noqa: E402
-from inr_engine.frames import spacing  # noqa: E402
-from inr_engine.methods import inr_refine  # noqa: E402
-from inr_engine.metrics import segmentation_scores  # noqa: E402
-from inr_engine.segment import load_segmenter  # noqa: E402
+from benchmarks import harness
+from benchmarks.datasets import HIPPOCAMPUS
+from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split
+from inr_engine.frames import spacing
+from inr_engine.metrics import segmentation_scores
+from inr_engine.segmentation import refinement as inr_refine
+from inr_engine.segmentation.segment import load_segmenter
 
 CLASSES = {1: "anterior", 2: "posterior"}
 
@@ -54,20 +46,17 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__, "hippocampus", threads=2)
     p.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
     p.add_argument("--prior", default="hippocampus-metaseg")
-    p.add_argument("--data", default="../shared/data/msd_hippocampus")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/hippocampus")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    _, held_out = seeded_split(labelled_image_names(args.data), 40, 0)
+    args = harness.parse(p, argv)
+    data = args.data_root / HIPPOCAMPUS
+    _, held_out = seeded_split(labelled_image_names(data), 40, 0)
     segmenter = load_segmenter(args.method, args.prior)
     refiner = inr_refine.load_refiner(segmenter)
     rows: dict[str, list[dict]] = {"plain": [], "refined": []}
     seconds = []
-    for image in labelled_images(args.data, held_out):
+    for image in labelled_images(data, held_out):
         volume = segmenter.prepare(image.image, image.affine)
         params = [st.params for st in segmenter.fit(volume)][-1]
         rows["plain"].append({"name": image.name, **scores(segmenter.labels(volume, params), image.labels,
@@ -78,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["refined"].append({"name": image.name, **scores(refined, image.labels, image.affine)})
     result = {"prior": str(segmenter.prior.path), "refinement": segmenter.prior.metadata["refinement"],
               "steps": segmenter.default_steps, "held_out": held_out, "threads": args.threads,
-              "refine_seconds_median": float(np.median(seconds)), "command": " ".join([sys.executable, *sys.argv]),
+              "refine_seconds_median": float(np.median(seconds)), "command": harness.command(),
               "date": time.strftime("%Y-%m-%d"), "summary": {k: summary(v) for k, v in rows.items()}, "rows": rows}
     lines = [f"| {args.method} labels | Dice ant. / post. (median) | HD95 ant. / post. (mm, median) | "
              "ASD ant. / post. (mm, median) | mean Dice (mean over subjects) |", "|---|---|---|---|---|"]
@@ -89,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{(s['mean_dice_anterior'] + s['mean_dice_posterior']) / 2:.4f} |")
     lines.append(f"\nRefinement: {result['refine_seconds_median'] * 1000:.0f} ms per volume (median), "
                  f"{len(held_out)} held-out subjects, {result['steps']} fitting steps.")
-    write_results(args.out, "morse_inr" if args.method == "metaseg" else f"morse_inr_{args.method}", result,
+    harness.write_results(args.out, "morse_inr" if args.method == "metaseg" else f"morse_inr_{args.method}", result,
                   "\n".join(lines))
     return 0
 

@@ -1,10 +1,10 @@
 """MORSE boundary refinement on the MONAI U-Net baseline, MSD Task04 Hippocampus.
 
-Trains the U-Net of ``benchmarks/unet_baseline.py`` by exactly its recipe (same split, loss,
+Trains the U-Net of ``benchmarks.unet_baseline`` by exactly its recipe (same split, loss,
 optimiser, schedule, augmentation and time budget) together with a MORSE rendering head
-(``inr_engine.methods.morse.BoundaryRenderer``), then scores on the same 40 held-out subjects:
+(``inr_engine.segmentation.morse.BoundaryRenderer``), then scores on the same 40 held-out subjects:
 
-* the plain U-Net (the baseline's weights, ``--baseline-weights``; trained by unet_baseline.py);
+* the plain U-Net (the baseline's weights, ``--baseline-weights``; trained by ``benchmarks.unet_baseline``);
 * the U-Net trained with MORSE, its own coarse output (what joint training alone changed);
 * the U-Net trained with MORSE, with its most uncertain voxels re-rendered (the method).
 
@@ -19,13 +19,12 @@ so that the module is the only difference.
 
 Example::
 
-    PYTHONPATH=. python benchmarks/morse_unet.py --train-seconds 1500 --threads 1
-    PYTHONPATH=. python benchmarks/morse_unet.py --eval-only
+    python -m benchmarks.morse_unet --train-seconds 1500 --threads 1
+    python -m benchmarks.morse_unet --eval-only
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -34,17 +33,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import unet_baseline as base  # noqa: E402
-from report import write_results  # noqa: E402
-
-from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split  # noqa: E402
-from inr_engine.methods import morse  # noqa: E402
-from inr_engine.runtime import resolve_device, seed_everything  # noqa: E402
+from benchmarks import harness
+from benchmarks import unet_baseline as base
+from benchmarks.datasets import HIPPOCAMPUS
+from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split
+from inr_engine.runtime import resolve_device, seed_everything
+from inr_engine.segmentation import morse
 
 # MONAI UNet module names whose outputs are the decoder's scales, coarsest first, and their channels.
 DECODER_SCALES = {
@@ -118,45 +112,41 @@ def markdown(rows: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=base.DATA_ROOT)
-    p.add_argument("--out", default="benchmarks/results/hippocampus", help="folder of morse.json and morse.md")
+    p = harness.parser(__doc__, "hippocampus", threads=1, seed=True, device=True)
     p.add_argument("--train-seconds", type=float, default=1500.0)
     p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", default="runs/morse/morse_unet.pt")
-    p.add_argument("--baseline-weights", default="runs/unet/unet.pt", help="the plain U-Net (unet_baseline.py)")
+    p.add_argument("--weights", type=Path, help="U-Net + MORSE weights (default: <work-dir>/morse/morse_unet.pt)")
+    p.add_argument("--baseline-weights", type=Path,
+                   help="the plain U-Net, trained by benchmarks.unet_baseline (default: <work-dir>/unet/unet.pt)")
     p.add_argument("--eval-only", action="store_true")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+    args = harness.parse(p, argv)
 
-    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    train_names, val_names = seeded_split(labelled_image_names(args.data), base.N_VAL, base.SPLIT_SEED)
+    data = args.data_root / HIPPOCAMPUS
+    train_names, val_names = seeded_split(labelled_image_names(data), base.N_VAL, base.SPLIT_SEED)
     seed_everything(args.seed)
     net = MorseUNet.build()
     net.unet.to(device)
     net.renderer.to(device)
-    weights = Path(args.weights)
+    weights = args.weights or args.work_dir / "morse" / "morse_unet.pt"
     if args.eval_only:
         saved = torch.load(weights, map_location=device, weights_only=True)
         net.unet.load_state_dict(saved["unet"])
         net.renderer.load_state_dict(saved["renderer"])
         training = saved["training"]
     else:
-        base.log(f"training U-Net + MORSE for at most {args.train_seconds:g} s / {args.epochs} epochs")
-        training = base.train(net.unet, labelled_images(args.data, train_names), device, args.train_seconds,
+        harness.log(f"training U-Net + MORSE for at most {args.train_seconds:g} s / {args.epochs} epochs")
+        training = base.train(net.unet, labelled_images(data, train_names), device, args.train_seconds,
                               args.epochs, args.seed, extra_loss=net.point_loss, extra_modules=(net.renderer,))
-        training["command"] = " ".join([sys.executable, *sys.argv])
+        training["command"] = harness.command()
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({**net.state(), "training": training}, weights)
-        base.log(f"wrote {weights}")
+        harness.log(f"wrote {weights}")
 
-    val = labelled_images(args.data, val_names)
+    val = labelled_images(data, val_names)
     plain = base.build_unet().to(device)
-    saved = torch.load(args.baseline_weights, map_location=device, weights_only=True)
+    saved = torch.load(args.baseline_weights or args.work_dir / "unet" / "unet.pt", map_location=device,
+                       weights_only=True)
     plain.load_state_dict(saved["state_dict"])
     for module in (plain, net.unet, net.renderer):
         module.eval()
@@ -172,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in net.renderer.parameters())
     result = {"dataset": "MSD Task04 Hippocampus", "n_val": len(val_names), "val_names": val_names,
               "renderer_parameters": params, "training": training, "baseline_training": saved["training"],
-              "recipe": {**base.recipe(), "morse": __doc__.split("\n\n")[2]}, "threads": torch.get_num_threads(),
-              "device": str(device), "scores": rows, "command": " ".join([sys.executable, *sys.argv]),
+              "recipe": {**base.recipe(), "morse": __doc__.split("\n\n")[3]}, "threads": torch.get_num_threads(),
+              "device": str(device), "scores": rows, "command": harness.command(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__},
               "date": time.strftime("%Y-%m-%d")}
-    write_results(args.out, "morse", result, markdown(rows))
+    harness.write_results(args.out, "morse", result, markdown(rows))
     return 0
 
 

@@ -8,7 +8,7 @@ split of the other 160). Methods:
 * NISF (bundled ``hippocampus-nisf`` or ``--nisf``), fast procedure (meta-learned latent start
   and step sizes) and the paper's procedure (latent from N(0, 1e-4), Adam, the step count
   chosen on validation data during training);
-* MONAI U-Net: read from ``<out>/unet.json``, written by ``benchmarks/unet_baseline.py``.
+* MONAI U-Net: read from ``<out>/unet.json``, written by ``benchmarks.unet_baseline``.
 
 Metrics: per-class foreground Dice (anterior, posterior) and their mean, HD95 in mm (MONAI,
 file spacing), trainable parameters (fitted at test time, and in the prior file), fit time per
@@ -17,34 +17,30 @@ against fitting steps (PNG).
 
 Example::
 
-    PYTHONPATH=. python benchmarks/segmentation.py --threads 2 --out benchmarks/results/hippocampus
+    python -m benchmarks.segmentation --threads 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
+from benchmarks.datasets import HIPPOCAMPUS
 from inr_engine.datasets import LabelledImage, labelled_image_names, labelled_images, seeded_split
 from inr_engine.frames import spacing
-from inr_engine.methods.metaseg import MetaSegSegmenter
 from inr_engine.metrics import segmentation_scores
-from inr_engine.segment import load_segmenter
+from inr_engine.segmentation.metaseg import MetaSegSegmenter
+from inr_engine.segmentation.segment import load_segmenter
 
 CLASSES = ("anterior", "posterior")
 CURVE_STEPS = {"MetaSeg": (0, 1, 2, 3, 5, 10, 20, 50), "NISF fast": (0, 1, 2, 3, 5, 10, 20, 50),
                "NISF paper": (0, 10, 25, 50, 100, 150, 200, 300, 400)}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 METHODS = ("MetaSeg", "NISF fast", "NISF paper")
@@ -153,33 +149,30 @@ def read_unet(out: Path) -> dict | None:
     return {"mean_dice": data["scores"]["mean"]["dice_mean"], "raw": data}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/msd_hippocampus")
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__, "hippocampus", threads=2)
     p.add_argument("--metaseg", help="MetaSeg prior (default: bundled)")
     p.add_argument("--nisf", help="NISF prior (default: bundled)")
     p.add_argument("--max-subjects", type=int)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-repeats", type=int, default=7)
-    p.add_argument("--out", default="benchmarks/results/hippocampus")
     p.add_argument("--reuse-rows", action="store_true", help="reuse the per-subject rows of an interrupted run")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                    help="a subset updates those rows of an existing segmentation.json")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    args = harness.parse(p, argv)
+    data = args.data_root / HIPPOCAMPUS
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    _, held_out = seeded_split(labelled_image_names(args.data), 40, 0)
-    subjects = labelled_images(args.data, held_out[: args.max_subjects])
+    _, held_out = seeded_split(labelled_image_names(data), 40, 0)
+    subjects = labelled_images(data, held_out[: args.max_subjects])
     segmenters = methods(args)
     rows: dict[str, list] = {}
     for name, seg in segmenters.items():  # rows are kept as they come, so a later failure loses nothing
         cache = out / f".rows-{name.replace(' ', '-')}.json"
         if args.reuse_rows and cache.is_file():
             rows[name] = json.loads(cache.read_text())["rows"]
-            log(f"{name}: rows reused from {cache}")
+            harness.log(f"{name}: rows reused from {cache}")
             continue
-        log(f"{name}: {len(subjects)} subjects, default {seg.default_steps} steps")
+        harness.log(f"{name}: {len(subjects)} subjects, default {seg.default_steps} steps")
         rows[name] = [evaluate(seg, s, CURVE_STEPS[name], seg.default_steps) for s in subjects]
         cache.write_text(json.dumps({"rows": rows[name]}))
     summary = {name: summarise(rows, name) for name in rows}
@@ -200,11 +193,8 @@ def main() -> None:
               "unet": unet["raw"] if unet else None, "per_subject": rows,
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "threads": args.threads, "torch": torch.__version__, "dtype": "float32"},
-              "command": " ".join(sys.argv)}
-    (out / "segmentation.json").write_text(json.dumps(result, indent=1, default=float))
-    table = markdown(summary, unet)
-    (out / "segmentation.md").write_text(table)
-    print(table)
+              "command": harness.command()}
+    harness.write_results(out, "segmentation", result, markdown(summary, unet))
 
 
 def markdown(summary: dict, unet: dict | None) -> str:

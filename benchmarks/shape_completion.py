@@ -4,9 +4,9 @@ Protocol and metrics: ``docs/evaluation.md`` (shared). Methods, on the same spar
 (``sparsify``: every w-th slice, starting w // 2 after the object's first slice):
 
 * ours: the bundled prior (``adrenal``, ``head-neck-organs``), after 0, 1, 5 and 50 steps;
-* random SIREN, B.(ii) pretrained SIREN, B.(i) auto-decoder (``inr_engine.baselines.coordinate_inr``),
+* random SIREN, B.(ii) pretrained SIREN, B.(i) auto-decoder (``benchmarks.baselines.coordinate_inr``),
   after 1, 5 and 50 steps; B.(i) and B.(ii) are trained on the training split first (cached
-  under ``runs/baselines``);
+  under ``<--work-dir>/baselines``);
 * Fill between slices (3D Slicer, ITK morphological contour interpolation);
 * head and neck: the inter-rater agreement (oncologist vs radiographer, full masks).
 
@@ -18,7 +18,7 @@ runs whole completions (prepare, fit 5 steps, decode, mesh) of 64^3, 128^3 and 2
 
 Example (see ``--help``)::
 
-    PYTHONPATH=. python benchmarks/shape_completion.py --dataset all --baseline-train-seconds 1800
+    python -m benchmarks.shape_completion --dataset all --baseline-train-seconds 1800
 """
 
 from __future__ import annotations
@@ -38,20 +38,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inr_engine.baselines.coordinate_inr import CACHE_DIR, CoordinateBaseline, completions
-from inr_engine.baselines.coordinate_inr import baselines as coordinate_baselines
-from inr_engine.baselines.fill_between_slices import fill_between_slices
-from inr_engine.complete import complete_labelmap
-from inr_engine.datasets import Shape, adrenal_shapes, hn_shapes, hn_split
+from benchmarks import harness
+from benchmarks.baselines.coordinate_inr import CoordinateBaseline, completions
+from benchmarks.baselines.coordinate_inr import baselines as coordinate_baselines
+from benchmarks.baselines.fill_between_slices import fill_between_slices
+from benchmarks.datasets import ADRENAL_NPZ, HN_OAR, adrenal_shapes, hn_shapes, hn_split
+from inr_engine.datasets import Shape
 from inr_engine.frames import spacing
-from inr_engine.methods.shape_completion import Case, ShapeCompleter, ShapeConfig, prepare_case
-from inr_engine.methods.shape_training import PLANE_NORMALS, setting_axis
-from inr_engine.methods.slices import SliceError, sparsify
 from inr_engine.metrics import segmentation_scores
 from inr_engine.priors import load_prior, sha256
+from inr_engine.shape.case import Case, prepare_case
+from inr_engine.shape.complete import complete_labelmap
+from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.model import ShapeConfig
+from inr_engine.shape.slices import SliceError, sparsify
+from inr_engine.shape.training import PLANE_NORMALS, setting_axis
 
-ADRENAL_NPZ = "../shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
-HN_ROOT = "../shared/data/deepmind_hn_oar"
 OURS, FBS, INTER_RATER = "ours", "Fill between slices", "inter-rater"
 OURS_STEPS, BASELINE_STEPS = (0, 1, 5, 50), (1, 5, 50)
 PLOT_EVERY = 8
@@ -66,10 +68,6 @@ class Dataset:
     settings: list[tuple[str, int]]  # (axis: "0"/"1"/"2" or a plane's name, every)
     train: Callable[[], list[Shape]]  # training shapes of the B.(i)/B.(ii) baselines (read lazily)
     train_key: str  # names the trained baselines' cache files
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -193,7 +191,7 @@ def run_dataset(ds: Dataset, completer: ShapeCompleter, coordinate: dict[str, Co
             for row in run_case(shape, axis, every, completer, coordinate, steps):
                 rows.append({"dataset": ds.key, "setting": setting, "shape": shape.name,
                              "organ": organ_of(shape.name) if ds.key == "hn" else None, **row})
-        log(f"{ds.key} {n + 1}/{len(ds.val)} {shape.name}: {time.perf_counter() - start:.1f} s")
+        harness.log(f"{ds.key} {n + 1}/{len(ds.val)} {shape.name}: {time.perf_counter() - start:.1f} s")
     return rows
 
 
@@ -241,7 +239,7 @@ def timing_section(completer: ShapeCompleter, shape: Shape, repeats: int, steps:
         medians = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         out.append({"grid": f"{mask.shape[0]}^3", "spacing_mm": 1.0 / factor, "every": gap_mm * factor,
                     "repeats": repeats, **medians})
-        log(f"timing {mask.shape[0]}^3: total {medians['total']:.3f} s")
+        harness.log(f"timing {mask.shape[0]}^3: total {medians['total']:.3f} s")
     return out
 
 
@@ -369,7 +367,7 @@ def plot(summary: list[dict], keys: list[str], path: Path) -> None:
 def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    code = "import time; t = time.perf_counter(); import inr_engine.methods.shape_completion; " \
+    code = "import time; t = time.perf_counter(); import inr_engine.shape.completer; " \
            "print(time.perf_counter() - t)"
     start = time.perf_counter()
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
@@ -392,9 +390,10 @@ def load_completer(prior: str) -> tuple[ShapeCompleter, dict]:
 def run_dataset_all(ds: Dataset, args: argparse.Namespace, steps: dict[str, tuple[int, ...]]) -> tuple[list, dict]:
     """Every method on one dataset (baselines trained first if not cached); (rows, what was run)."""
     completer, prior = load_completer(ds.prior)
-    log(f"{ds.key}: {len(ds.val)} held-out shapes, prior {prior['path']}")
-    coordinate = coordinate_baselines(ds.train_key, ds.train, args.baseline_train_seconds, completer.cfg, args.seed,
-                                      args.baseline_cache, lambda m: log(f"{ds.key} baseline training: {m}"))
+    harness.log(f"{ds.key}: {len(ds.val)} held-out shapes, prior {prior['path']}")
+    coordinate = coordinate_baselines(ds.train_key, ds.train, args.baseline_train_seconds, completer.cfg,
+                                      args.work_dir / "baselines", args.seed,
+                                      lambda m: harness.log(f"{ds.key} baseline training: {m}"))
     rows = run_dataset(ds, completer, coordinate, steps)
     if ds.key == "hn":
         rows += inter_rater(args.hn_root, ds.val, args.cache_dir)
@@ -407,33 +406,29 @@ def run_dataset_all(ds: Dataset, args: argparse.Namespace, steps: dict[str, tupl
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = harness.parser(__doc__, seed=True)
     p.add_argument("--dataset", choices=["adrenal", "hn", "all"], default="all")
     p.add_argument("--max-shapes", type=int, default=None, help="first N held-out shapes per dataset (default all)")
     p.add_argument("--organs", nargs="+", default=None, help="head and neck: only these organs")
     p.add_argument("--baseline-train-seconds", type=float, default=1800.0,
-                   help="training budget of B.(i) and of B.(ii), each, per dataset (cached in runs/baselines)")
-    p.add_argument("--cache-dir", default="runs/cache", help="head and neck: cropped masks cached here")
-    p.add_argument("--baseline-cache", default=str(CACHE_DIR), help="trained B.(i)/B.(ii) weights cached here")
+                   help="training budget of B.(i) and of B.(ii), each, per dataset (cached in <work-dir>/baselines)")
     p.add_argument("--hn-planes", nargs="+", choices=sorted(PLANE_NORMALS), default=["axial"],
-                   help="head and neck: slice planes to keep every 4th and 8th slice of (default axial, the "
-                        "acquisition plane)")
+                   help="head and neck: slice planes to keep every 4th and 8th slice of (axial: the acquisition "
+                        "plane)")
     p.add_argument("--hn-train-scans", type=int, default=None,
                    help="head and neck: train B.(i)/B.(ii) on the first N training scans only (quick checks)")
     p.add_argument("--prior-adrenal", default="adrenal")
     p.add_argument("--prior-hn", default="head-neck-organs")
-    p.add_argument("--adrenal-npz", default=ADRENAL_NPZ)
-    p.add_argument("--hn-root", default=HN_ROOT)
     p.add_argument("--steps", type=int, nargs="+", default=list(OURS_STEPS), help="ours: fitting steps to score")
     p.add_argument("--baseline-steps", type=int, nargs="+", default=list(BASELINE_STEPS),
                    help="coordinate baselines: fitting steps to score (B.(i)'s paper: 1200)")
     p.add_argument("--replot", metavar="DIR", help="only redraw the plot of a finished run in DIR")
     p.add_argument("--timing-only", action="store_true", help="only time whole completions (64^3, 128^3, 256^3)")
     p.add_argument("--timing-repeats", type=int, default=5, help="0: skip the timing section")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results")
-    return p.parse_args(argv)
+    args = harness.parse(p, argv)
+    args.adrenal_npz, args.hn_root = args.data_root / ADRENAL_NPZ, args.data_root / HN_OAR
+    args.cache_dir = args.work_dir / "cache"  # head and neck: the cropped masks
+    return args
 
 
 def replot(out_dir: Path) -> None:
@@ -448,9 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.replot:
         replot(Path(args.replot))
         return {}
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out_dir = Path(args.out)
+    out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     if args.timing_only:
@@ -466,14 +459,13 @@ def main(argv: list[str] | None = None) -> dict:
     plot_summary = summarize([r for r in rows if r["setting"].endswith(f"-w{PLOT_EVERY}")], ("dataset", "method",
                                                                                                "step"))
     plot(plot_summary, keys, out_dir / "shape_completion_dice_vs_time.png")
-    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "datasets": runs, "steps": steps,
+    result = {"command": harness.command(), "machine": info, "datasets": runs, "steps": steps,
               "metrics": "Dice; HD95 and symmetric ASD in mm with MONAI (compute_hausdorff_distance percentile=95, "
                          "compute_average_surface_distance symmetric=True, spacing from the affine)",
               "summary": summary, "summary_hn_organs": organs, "summary_w8": plot_summary,
               "timing": runs.get("adrenal", {}).get("timing", []), "rows": rows}
-    (out_dir / "shape_completion.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
-    (out_dir / "shape_completion.md").write_text(markdown(result, keys) + "\n")
-    log(f"wrote {out_dir}/shape_completion.{{json,md}} and shape_completion_dice_vs_time.png")
+    harness.write_results(out_dir, "shape_completion", result, markdown(result, keys))
+    harness.log(f"wrote {out_dir}/shape_completion.{{json,md}} and shape_completion_dice_vs_time.png")
     return result
 
 
@@ -482,25 +474,10 @@ def timing_only(args: argparse.Namespace, out_dir: Path, info: dict) -> dict:
     completer, prior = load_completer(args.prior_adrenal)
     shape = adrenal_shapes(args.adrenal_npz, "val")[0]
     timing = timing_section(completer, shape, max(args.timing_repeats, 1))
-    result = {"command": " ".join([sys.executable, *sys.argv]), "machine": info, "prior": prior["path"],
-              "timing": timing}
-    (out_dir / "timing.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
-    (out_dir / "timing.md").write_text(markdown_timing(timing, info) + "\n")
-    log(f"wrote {out_dir}/timing.{{json,md}}")
+    result = {"command": harness.command(), "machine": info, "prior": prior["path"], "timing": timing}
+    harness.write_results(out_dir, "timing", result, markdown_timing(timing, info))
+    harness.log(f"wrote {out_dir}/timing.{{json,md}}")
     return result
-
-
-def _jsonable(value):
-    """NumPy scalars to Python, NaN and infinity to null (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
 
 
 def markdown(result: dict, keys: list[str]) -> str:
@@ -525,6 +502,3 @@ def markdown(result: dict, keys: list[str]) -> str:
 
 if __name__ == "__main__":
     main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # vtkITK (Fill between slices) may crash at interpreter exit

@@ -18,54 +18,44 @@ architecture and fit) and the bundled meta-learned priors; Dice on held-out shap
 
 Example::
 
-    PYTHONPATH=. python benchmarks/strainer.py --threads 2
+    python -m benchmarks.strainer --threads 2
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.func import functional_call
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from report import write_results  # noqa: E402
-
-from inr_engine.cli import HN_VALIDATION_ORGANS  # noqa: E402
-from inr_engine.datasets import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.datasets import (
+    ADRENAL_NPZ,
+    HIPPOCAMPUS,
+    HN_OAR,
+    HN_VALIDATION_ORGANS,
     adrenal_shapes,
     hn_shapes,
     hn_split,
-    labelled_image_names,
-    labelled_images,
-    seeded_split,
 )
-from inr_engine.meta import sub_params  # noqa: E402
-from inr_engine.methods import metaseg, strainer  # noqa: E402
-from inr_engine.methods.seg_training import foreground_dice  # noqa: E402
-from inr_engine.methods.shape_completion import OccupancyINR, ShapeCompleter  # noqa: E402
-from inr_engine.methods.shape_training import plane_axis, protocol_dice  # noqa: E402
-from inr_engine.methods.slices import SliceError  # noqa: E402
-from inr_engine.priors import load_prior  # noqa: E402
+from inr_engine import strainer
+from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split
+from inr_engine.meta import sub_params
+from inr_engine.priors import load_prior
+from inr_engine.segmentation import metaseg
+from inr_engine.segmentation import strainer as segmentation_strainer
+from inr_engine.segmentation.training import foreground_dice
+from inr_engine.shape import strainer as shape_strainer
+from inr_engine.shape.completer import ShapeCompleter
+from inr_engine.shape.model import OccupancyINR
+from inr_engine.shape.slices import SliceError
+from inr_engine.shape.training import plane_axis, protocol_dice
 
-HIPPOCAMPUS = "../shared/data/msd_hippocampus"
-ADRENAL_NPZ = "../shared/data/adrenalmnist3d/adrenalmnist3d_64.npz"
-HN_ROOT = "../shared/data/deepmind_hn_oar"
 STEPS = (1, 10, 100, 1000)
 EVERY = 8
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --------------------------------------------------------------------------- intensity
@@ -95,17 +85,17 @@ def intensity_part(args) -> dict:
     train_names, val_names = seeded_split(labelled_image_names(args.hippocampus), 40, 0)
     cases = labelled_images(args.hippocampus, train_names[: args.cases])
     held_out = labelled_images(args.hippocampus, val_names[: args.held_out])
-    prior_path = Path(args.work) / "strainer-hippocampus.safetensors"
+    prior_path = args.work / "strainer-hippocampus.safetensors"
     start = time.perf_counter()
-    meta = strainer.build_segmentation_prior(cases, prior_path, class_names=list(metaseg.CLASS_NAMES),
-                                             settings=strainer.StrainerSettings(seed=args.seed))
+    meta = segmentation_strainer.build_segmentation_prior(cases, prior_path, class_names=list(metaseg.CLASS_NAMES),
+                                                          settings=strainer.StrainerSettings(seed=args.seed))
     build_seconds = time.perf_counter() - start
-    log(f"STRAINER MetaSeg prior from {len(cases)} subjects in {build_seconds:.0f} s")
+    harness.log(f"STRAINER MetaSeg prior from {len(cases)} subjects in {build_seconds:.0f} s")
     st = metaseg.MetaSegSegmenter.from_prior(load_prior(prior_path))
-    plain_cfg = strainer.segmentation_config(decoder_init="prior")
+    plain_cfg = segmentation_strainer.segmentation_config(decoder_init="prior")
     methods = {
-        "random SIREN": (strainer.random_segmenter(plain_cfg, args.seed), False),
-        "random SIREN, least-squares decoder": (strainer.random_segmenter(st.cfg, args.seed), False),
+        "random SIREN": (segmentation_strainer.random_segmenter(plain_cfg, args.seed), False),
+        "random SIREN, least-squares decoder": (segmentation_strainer.random_segmenter(st.cfg, args.seed), False),
         f"STRAINER ({len(cases)} cases)": (st, True),
         "meta-learned (hippocampus-metaseg, 148 cases)": (
             metaseg.MetaSegSegmenter.from_prior(load_prior("hippocampus-metaseg")), True),
@@ -113,7 +103,7 @@ def intensity_part(args) -> dict:
     results = {}
     for name, (segmenter, with_dice) in methods.items():
         results[name] = intensity_curves(segmenter, held_out, args.steps, with_dice)
-        log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if k != "per_case"))
+        harness.log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if k != "per_case"))
     return {"build_seconds": build_seconds, "strainer": meta["strainer"], "cases": [c.name for c in cases],
             "held_out": [h.name for h in held_out], "methods": results}
 
@@ -151,17 +141,17 @@ def shape_dice(completer: ShapeCompleter, shapes, domain: str, steps) -> dict:
 def shape_part(args) -> dict:
     sets = shape_sets(args)
     completers, builds = {}, {}
-    cfg = strainer.shape_config()
+    cfg = shape_strainer.shape_config()
     torch.manual_seed(args.seed)
     completers["random occupancy INR"] = ShapeCompleter(
         cfg, *(lambda init: (init, strainer.zero_step_sizes(init)))(
             {k: v.detach() for k, v in OccupancyINR(cfg).named_parameters()}))
     for domain, (train, _) in sets.items():
-        path = Path(args.work) / f"strainer-{domain}.safetensors"
+        path = args.work / f"strainer-{domain}.safetensors"
         start = time.perf_counter()
-        strainer.build_shape_prior(train, path, settings=strainer.StrainerSettings(seed=args.seed))
+        shape_strainer.build_shape_prior(train, path, settings=strainer.StrainerSettings(seed=args.seed))
         builds[domain] = time.perf_counter() - start
-        log(f"STRAINER shape prior from {len(train)} {domain} shapes in {builds[domain]:.0f} s")
+        harness.log(f"STRAINER shape prior from {len(train)} {domain} shapes in {builds[domain]:.0f} s")
         completers[f"STRAINER ({domain}, {len(train)} shapes)"] = ShapeCompleter.from_prior(load_prior(path))
     completers["meta-learned (adrenal)"] = ShapeCompleter.from_prior(load_prior("adrenal"))
     completers["meta-learned (head-neck-organs)"] = ShapeCompleter.from_prior(load_prior("head-neck-organs"))
@@ -169,7 +159,7 @@ def shape_part(args) -> dict:
     for domain, (_, held_out) in sets.items():
         for name, completer in completers.items():
             results.setdefault(domain, {})[name] = shape_dice(completer, held_out, domain, args.steps)
-            log(f"{domain} / {name}: {results[domain][name]}")
+            harness.log(f"{domain} / {name}: {results[domain][name]}")
     return {"build_seconds": builds, "methods": results}
 
 
@@ -204,24 +194,18 @@ def markdown(result: dict, steps) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__, "strainer", threads=2, seed=True)
     p.add_argument("--part", choices=["intensity", "shapes", "all"], default="all")
     p.add_argument("--cases", type=int, default=10, help="training cases of each STRAINER prior")
     p.add_argument("--held-out", type=int, default=5, help="held-out hippocampus subjects")
     p.add_argument("--held-out-shapes", type=int, default=10, help="held-out shapes per domain")
     p.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hippocampus", default=HIPPOCAMPUS)
-    p.add_argument("--adrenal-npz", default=ADRENAL_NPZ)
-    p.add_argument("--hn-root", default=HN_ROOT)
-    p.add_argument("--cache-dir", default="runs/cache")
-    p.add_argument("--work", default="runs/strainer", help="where the STRAINER priors are written")
-    p.add_argument("--out", default="benchmarks/results/strainer")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    result: dict = {"command": " ".join([sys.executable, *sys.argv]), "threads": args.threads,
+    args = harness.parse(p, argv)
+    args.hippocampus, args.adrenal_npz = args.data_root / HIPPOCAMPUS, args.data_root / ADRENAL_NPZ
+    args.hn_root, args.cache_dir = args.data_root / HN_OAR, args.work_dir / "cache"
+    args.work = args.work_dir / "strainer"  # the STRAINER priors
+    args.work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"command": harness.command(), "threads": args.threads,
                     "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
                     "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     if args.part in ("intensity", "all"):
@@ -229,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("shapes", "all"):
         result["shapes"] = shape_part(args)
     suffix = "" if args.part == "all" else f"_{args.part}"
-    write_results(args.out, f"strainer{suffix}", result, markdown(result, args.steps))
+    harness.write_results(args.out, f"strainer{suffix}", result, markdown(result, args.steps))
     return 0
 
 

@@ -30,7 +30,7 @@ Training stops at ``--train-seconds`` (default 1500) or ``--epochs`` (default 30
 With a time limit, the number of steps depends on the machine, so runs are seeded but not bit-reproducible
 across machines or loads; the number of epochs and steps reached is recorded.
 
-Outputs: the weights (``--weights``, default ``runs/unet/unet.pt``: the state dict plus a record of the
+Outputs: the weights (``--weights``, default ``<--work-dir>/unet/unet.pt``: the state dict plus a record of the
 training, loadable with ``torch.load(..., weights_only=True)``), and ``<--out>/unet.json`` with the recipe,
 parameter count, training time, per-subject and mean per-class Dice / HD95 / ASD (mm, MONAI, voxel spacing
 of the file), inference time per volume (median; normalisation, padding, forward pass, argmax and
@@ -38,14 +38,12 @@ un-padding), the command line and the library versions. ``--eval-only`` re-evalu
 
 Example::
 
-    PYTHONPATH=. python benchmarks/unet_baseline.py --train-seconds 1500 --threads 1
-    PYTHONPATH=. python benchmarks/unet_baseline.py --eval-only
+    python -m benchmarks.unet_baseline --train-seconds 1500 --threads 1
+    python -m benchmarks.unet_baseline --eval-only
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import time
@@ -54,17 +52,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as ``python benchmarks/unet_baseline.py`` without installing the package
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness
+from benchmarks.datasets import HIPPOCAMPUS
+from inr_engine.datasets import LabelledImage, labelled_image_names, labelled_images, seeded_split
+from inr_engine.frames import spacing
+from inr_engine.intensity import normalize_intensity
+from inr_engine.metrics import segmentation_scores
+from inr_engine.runtime import resolve_device, seed_everything
 
-from inr_engine.datasets import LabelledImage, labelled_image_names, labelled_images, seeded_split  # noqa: E402
-from inr_engine.frames import spacing  # noqa: E402
-from inr_engine.intensity import normalize_intensity  # noqa: E402
-from inr_engine.metrics import segmentation_scores  # noqa: E402
-from inr_engine.runtime import resolve_device, seed_everything  # noqa: E402
-
-DATA_ROOT = "../shared/data/msd_hippocampus"
 N_VAL, SPLIT_SEED = 40, 0  # the split shared with the other methods on this data set
 CANVAS = (48, 64, 48)
 CLASSES = {1: "anterior", 2: "posterior"}
@@ -72,10 +67,6 @@ UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": (16,
         "strides": (2, 2, 2, 2), "num_res_units": 2}
 LR, BATCH = 1e-3, 4
 GAMMA_LOG_RANGE, SCALE_RANGE, SHIFT_RANGE = 0.3, (0.9, 1.1), 0.1
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def recipe() -> dict:
@@ -168,7 +159,7 @@ def train(model: torch.nn.Module, train_set: list[LabelledImage], device: torch.
         if losses:
             epoch += len(losses) == steps_per_epoch
             history.append(round(float(np.mean(losses)), 5))
-            log(f"epoch {len(history)}: loss {history[-1]:.4f}, {step} steps, "
+            harness.log(f"epoch {len(history)}: loss {history[-1]:.4f}, {step} steps, "
                 f"lr {opt.param_groups[0]['lr']:.2e}, {time.perf_counter() - start:.0f} s")
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "steps": step, "epochs_completed": epoch,
@@ -246,22 +237,16 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=DATA_ROOT, help="MSD Task04 folder (images/ + labels/, or imagesTr/ + labelsTr/)")
-    p.add_argument("--out", default="benchmarks/results/hippocampus", help="folder of unet.json")
+    p = harness.parser(__doc__, "hippocampus", threads=1, seed=True, device=True)
     p.add_argument("--train-seconds", type=float, default=1500.0, help="training time limit")
     p.add_argument("--epochs", type=int, default=300, help="epoch limit (the first limit reached stops training)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="training seed (the split's seed is fixed at 0)")
-    p.add_argument("--weights", default="runs/unet/unet.pt", help="weights written by training / read by --eval-only")
+    p.add_argument("--weights", type=Path,
+                   help="weights written by training / read by --eval-only (default: <work-dir>/unet/unet.pt)")
     p.add_argument("--eval-only", action="store_true", help="evaluate --weights without training")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = p.parse_args(argv)
+    args = harness.parse(p, argv)
     if args.train_seconds <= 0 or args.epochs <= 0:
         p.error("--train-seconds and --epochs must be positive")
 
-    torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
@@ -269,46 +254,45 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     import monai
 
-    names = labelled_image_names(args.data)
+    data = args.data_root / HIPPOCAMPUS
+    names = labelled_image_names(data)
     train_names, val_names = seeded_split(names, N_VAL, SPLIT_SEED)
-    log(f"{args.data}: {len(train_names)} training, {len(val_names)} held-out subjects; device {device}, "
+    harness.log(f"{data}: {len(train_names)} training, {len(val_names)} held-out subjects; device {device}, "
         f"{torch.get_num_threads()} thread(s)")
     seed_everything(args.seed)
     model = build_unet().to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    weights = Path(args.weights)
+    weights = args.weights or args.work_dir / "unet" / "unet.pt"
     if args.eval_only:
         saved = torch.load(weights, map_location=device, weights_only=True)
         model.load_state_dict(saved["state_dict"])
         training = saved["training"]
-        log(f"loaded {weights} ({training['steps']} steps, {training['seconds']:.0f} s of training)")
+        harness.log(f"loaded {weights} ({training['steps']} steps, {training['seconds']:.0f} s of training)")
     else:
-        log(f"training {n_params:,} parameters for at most {args.train_seconds:g} s / {args.epochs} epochs")
-        training = train(model, labelled_images(args.data, train_names), device, args.train_seconds,
+        harness.log(f"training {n_params:,} parameters for at most {args.train_seconds:g} s / {args.epochs} epochs")
+        training = train(model, labelled_images(data, train_names), device, args.train_seconds,
                          args.epochs, args.seed)
-        training["command"] = " ".join([sys.executable, *sys.argv])
+        training["command"] = harness.command()
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": model.state_dict(), "training": training}, weights)
-        log(f"wrote {weights}")
+        harness.log(f"wrote {weights}")
 
     model.eval()
-    scores = evaluate(lambda image: predict(model, image, device), labelled_images(args.data, val_names), device)
+    scores = evaluate(lambda image: predict(model, image, device), labelled_images(data, val_names), device)
     result = {
         "method": "MONAI 3D U-Net (supervised baseline)",
-        "dataset": "MSD Task04 Hippocampus", "data": args.data,
+        "dataset": "MSD Task04 Hippocampus", "data": str(data),
         "n_train": len(train_names), "n_val": len(val_names), "val_names": val_names,
         "recipe": recipe(), "parameters": n_params,
         "training": training, "threads": torch.get_num_threads(), "device": str(device),
         "scores": scores, "weights": str(weights),
-        "command": " ".join([sys.executable, *sys.argv]), "eval_only": args.eval_only,
+        "command": harness.command(), "eval_only": args.eval_only,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
                      "numpy": np.__version__},
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "unet.json").write_text(json.dumps(result, indent=1) + "\n")
-    log(f"wrote {out / 'unet.json'}")
+    harness.write_results(args.out, "unet", result)  # no unet.md: segmentation.md has its row
+    harness.log(f"wrote {args.out / 'unet.json'}")
     print(markdown(result))
     return 0
 

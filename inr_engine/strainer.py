@@ -9,13 +9,14 @@ no inner loop is differentiated, so a prior comes from 5-10 cases in a minute on
 Priors come out in the formats the engine already runs, so every command and Slicer module
 takes them like any other prior:
 
-* shape completion: an :class:`~.shape_completion.OccupancyINR` prior, encoder fitted over the
-  K shapes' occupancy (with simulated sparse-slice evidence), no meta-learned steps;
-* segmentation (MetaSeg's "fit pixels, get labels"): a :class:`~.metaseg.MetaSegINR` prior whose
-  SIREN encoder is fitted over the K images' intensities; its class head is then trained on
-  the features that the test-time fit (from this encoder) produces on the K images.
+* shape completion (:mod:`inr_engine.shape.strainer`): an occupancy INR prior, encoder fitted
+  over the K shapes' occupancy (with simulated sparse-slice evidence), no meta-learned steps;
+* segmentation (:mod:`inr_engine.segmentation.strainer`, MetaSeg's "fit pixels, get labels"): a
+  MetaSeg prior whose SIREN encoder is fitted over the K images' intensities; its class head is
+  then trained on the features that the test-time fit (from this encoder) produces on the K images.
 
-One departure from the reference, measured in ``benchmarks/strainer.py``: for intensities the
+This module fits the shared encoder; the task packages build the priors. One departure from
+the reference, measured by ``python -m benchmarks.strainer``: for intensities the
 fresh decoder is solved by least squares on the new image's voxels before the first step
 (``MetaSegConfig.decoder_init``). With a random decoder, Adam at 1e-4 needs hundreds of steps
 merely to find the linear read-out of the transferred features; solved, they pay off at once.

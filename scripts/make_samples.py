@@ -5,7 +5,7 @@ root) this writes:
 
 * two AdrenalMNIST3D 64^3 validation shapes (indices 0 and 1) as NIfTI, identity affine
   (1 mm, RAS), uint8, each with a sparse version that keeps every w-th slice inside the
-  object along one axis (the evaluation protocol, :func:`inr_engine.methods.slices.sparsify`);
+  object along one axis (the evaluation protocol, :func:`inr_engine.shape.slices.sparsify`);
 * the left parotid of the first head-and-neck validation scan (oncologist's mask), cropped
   to the organ plus 12 mm, as NRRD with its real geometry (anisotropic 2.5 mm slices, LPS on
   disk), and a sparse version keeping every 4th axial slice;
@@ -31,12 +31,13 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # use this checkout's engine even when it is not installed
+sys.path.insert(0, str(REPO))  # this checkout's engine (even when it is not installed) and benchmarks package
 
-from inr_engine.datasets import hn_shapes, hn_split, labelled_image_names, seeded_split  # noqa: E402
+from benchmarks.datasets import ADRENAL_NPZ, HIPPOCAMPUS, HN_OAR, hn_shapes, hn_split  # noqa: E402
+from inr_engine.datasets import labelled_image_names, seeded_split  # noqa: E402
 from inr_engine.io import Volume, write_volume  # noqa: E402
-from inr_engine.methods.shape_training import plane_axis  # noqa: E402
-from inr_engine.methods.slices import sparsify  # noqa: E402
+from inr_engine.shape.slices import sparsify  # noqa: E402
+from inr_engine.shape.training import plane_axis  # noqa: E402
 
 SOURCES = {
     "adrenalmnist3d": {
@@ -93,7 +94,7 @@ def strip_nrrd_timestamp(path: Path) -> None:
 
 
 def adrenal_samples(data_root: Path, out: Path) -> list[dict]:
-    images = np.load(data_root / "adrenalmnist3d" / "adrenalmnist3d_64.npz")["val_images"]
+    images = np.load(data_root / ADRENAL_NPZ)["val_images"]
     entries = []
     for index, every, axis in ADRENAL_SAMPLES:
         full = (images[index] > 0).astype(np.uint8)
@@ -125,7 +126,7 @@ def adrenal_samples(data_root: Path, out: Path) -> list[dict]:
 
 
 def hn_samples(data_root: Path, out: Path) -> list[dict]:
-    root = data_root / "deepmind_hn_oar"
+    root = data_root / HN_OAR
     _, val_scans = hn_split(root)
     scan = val_scans[0]
     (shape,) = hn_shapes(root, [scan], raters=("oncologist",), organs={HN_ORGAN})
@@ -160,7 +161,7 @@ def hn_samples(data_root: Path, out: Path) -> list[dict]:
 
 
 def hippocampus_samples(data_root: Path, out: Path) -> list[dict]:
-    root = data_root / "msd_hippocampus"
+    root = data_root / HIPPOCAMPUS
     _, held_out = seeded_split(labelled_image_names(root), 40, 0)
     entries = []
     for n, name in enumerate(held_out[:HIPPOCAMPUS_SAMPLES]):

@@ -22,23 +22,23 @@ COMMON=(--meta-batch 8 --lr 3e-4 --seed 0 --steps 2000)
 # INR is meta-learned on evidence that includes it (20 min); a second run continues both from
 # there (--init: encoder 30 min at a lower rate, INR 8 min), and a third (encoder 75 min with
 # data echoing, INR 8 min).
-ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64.npz" --max-val 12
+ADRENAL=(--dataset adrenalmnist3d --data-root "$DATA" --max-val 12
          --description "Adrenal glands (AdrenalMNIST3D, 64^3 at 1 mm), with a context encoder")
-[[ " $ONLY " == *" adrenal "* ]] && inr-engine train shape "${COMMON[@]}" --steps 1000 --threads 2 --data-workers 2 \
+[[ " $ONLY " == *" adrenal "* ]] && python -m benchmarks.train_shape_prior "${COMMON[@]}" --steps 1000 --threads 2 --data-workers 2 \
     --time-limit 1200 --encoder-steps 2200 --encoder-time-limit 1800 \
     --config algorithm=fometasgd context_points=1024 target_points=2048 adam_lr=3e-6 \
              encoder_channels=16,32,64 held_out_slices=2 \
     "${ADRENAL[@]}" --out runs/adrenal_stage1.safetensors --log runs/adrenal.jsonl \
-  && inr-engine train shape --init runs/adrenal_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
+  && python -m benchmarks.train_shape_prior --init runs/adrenal_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 480 --encoder-steps 4000 --encoder-time-limit 1800 \
     --encoder-lr 3e-4 "${ADRENAL[@]}" --out runs/adrenal_stage2.safetensors --log runs/adrenal.jsonl \
-  && inr-engine train shape --init runs/adrenal_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
+  && python -m benchmarks.train_shape_prior --init runs/adrenal_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 480 --encoder-steps 30000 --encoder-time-limit 4500 \
     --encoder-lr 3e-4 --encoder-echo 3 "${ADRENAL[@]}" --out "$OUT/adrenal.safetensors" --log runs/adrenal.jsonl
 
 # Head-and-neck organs: 18 of the 21 (brain and lungs left out: their boxes make a training task
 # ten times slower), both raters, of 20 scans; validation = 5 scans chosen with split seed 0
-# (inr_engine.datasets.hn_split), oncologist masks of the parotids, mandible, brainstem and
+# (benchmarks.datasets.hn_split), oncologist masks of the parotids, mandible, brainstem and
 # spinal cord (the first 15, three scans, scored during training). Gaps of 4-24 mm in training
 # cover every 2nd-10th 2.5 mm slice. The context encoder runs on a 2 mm grid; it trains first
 # (20 min), then the INR is meta-learned (20 min); a second run continues both (42 and 12 min), a
@@ -48,20 +48,20 @@ ADRENAL=(--dataset adrenalmnist3d --data "$DATA/adrenalmnist3d/adrenalmnist3d_64
 HN_ORGANS=(Brainstem Cochlea-Lt Cochlea-Rt Lacrimal-Lt Lacrimal-Rt Lens-Lt Lens-Rt Mandible Optic-Nerve-Lt
            Optic-Nerve-Rt Orbit-Lt Orbit-Rt Parotid-Lt Parotid-Rt Spinal-Canal Spinal-Cord Submandibular-Lt
            Submandibular-Rt)
-HN=(--dataset hn-oar --data "$DATA/deepmind_hn_oar" --cache-dir runs/cache --organs "${HN_ORGANS[@]}" --max-val 15
+HN=(--dataset hn-oar --data-root "$DATA" --cache-dir runs/cache --organs "${HN_ORGANS[@]}" --max-val 15
     --description "Head-and-neck organs at risk (DeepMind H&N CT masks, 2.5 mm slices), with a context encoder")
-[[ " $ONLY " == *" hn "* ]] && inr-engine train shape "${COMMON[@]}" --steps 1200 --threads 2 --data-workers 2 \
+[[ " $ONLY " == *" hn "* ]] && python -m benchmarks.train_shape_prior "${COMMON[@]}" --steps 1200 --threads 2 --data-workers 2 \
     --time-limit 1200 --encoder-steps 1500 --encoder-time-limit 1200 \
     --config algorithm=fometasgd context_points=1024 target_points=2048 scale_mm=64 margin_mm=10 \
              every_min=4 every_max=24 adam_lr=3e-6 encoder_channels=16,32,64 encoder_pitch_mm=2 held_out_slices=2 \
     "${HN[@]}" --out runs/hn_stage1.safetensors --log runs/hn.jsonl \
-  && inr-engine train shape --init runs/hn_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
+  && python -m benchmarks.train_shape_prior --init runs/hn_stage1.safetensors --meta-batch 8 --seed 1 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 240 --time-limit 720 --encoder-steps 6000 --encoder-time-limit 2500 \
     --encoder-lr 5e-4 "${HN[@]}" --out runs/hn_stage2.safetensors --log runs/hn.jsonl \
-  && inr-engine train shape --init runs/hn_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
+  && python -m benchmarks.train_shape_prior --init runs/hn_stage2.safetensors --meta-batch 8 --seed 2 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 600 --encoder-steps 6000 --encoder-time-limit 2400 \
     --encoder-lr 3e-4 "${HN[@]}" --out runs/hn_stage3.safetensors --log runs/hn.jsonl \
-  && inr-engine train shape --init runs/hn_stage3.safetensors --meta-batch 8 --seed 3 --threads 2 \
+  && python -m benchmarks.train_shape_prior --init runs/hn_stage3.safetensors --meta-batch 8 --seed 3 --threads 2 \
     --data-workers 2 --lr 1e-4 --steps 200 --time-limit 600 --encoder-steps 30000 --encoder-time-limit 4500 \
     --encoder-lr 3e-4 --encoder-echo 3 --config acquisition_axis_prob=0.7 \
     "${HN[@]}" --out "$OUT/head-neck-organs.safetensors" --log runs/hn.jsonl

@@ -14,9 +14,10 @@ from ..priors import PriorError
 from ..runtime import DeviceError
 from ..segmentation.volume import SegmentationError
 from ..shape.slices import SliceError
+from ..training import TrainingDiverged
 
 USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OutputError, DeviceError,
-               OSError)
+               TrainingDiverged, OSError)
 
 
 class UsageError(ValueError):
