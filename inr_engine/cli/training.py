@@ -45,11 +45,13 @@ class _Training:
         self.args, self.run = args, run
         run.add_input("--data", *_data_files(args.data))
         self.checkpoint = checkpoint_path(args.out)
+        self.resume = (f"continue it with --init {self.checkpoint}" if prior_option == "--init" else
+                       "it is a usable prior (copy it to keep it)")
         continued = prior is not None and Path(prior).resolve() == self.checkpoint.resolve()
         if not continued:  # continuing from --out's own checkpoint: the new best ones replace it
             if self.checkpoint.exists():
                 raise UsageError(f"{self.checkpoint} holds the best prior of an earlier, interrupted training to "
-                                 f"--out {args.out}: continue it with --init {self.checkpoint}, or remove it")
+                                 f"--out {args.out}: {self.resume}, or remove it")
             prior_input(run, prior_option, prior)
             run.reserve("the checkpoint", self.checkpoint)
         run.add_output("--out", args.out)
@@ -77,7 +79,7 @@ class _Training:
         except BaseException:
             if self.rank == 0 and self.checkpoint.is_file() and self.checkpoint.stat().st_mtime >= self.started:
                 print(f"inr-engine train: --out {self.args.out} was not changed; the best prior so far is "
-                      f"{self.checkpoint} (continue with --init {self.checkpoint})", file=sys.stderr)
+                      f"{self.checkpoint}: {self.resume}", file=sys.stderr)
             raise
         if self.rank == 0:
             if not self.checkpoint.is_file():
