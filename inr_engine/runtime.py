@@ -1,4 +1,8 @@
-"""Device choice, seeding and CPU parallelism."""
+"""Device choice, seeding and CPU parallelism.
+
+PyTorch is imported where it is used, so that checking a device name (the command line's
+argument checks) needs none.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import random
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,6 +37,8 @@ def check_device_name(device: str) -> str:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
     check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,6 +54,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and PyTorch; returns a NumPy generator for the caller's sampling."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -57,6 +67,8 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
     For work that releases the GIL (SimpleITK filters, SciPy and NumPy on arrays).
     """
+    import torch
+
     items = list(items)
     workers = min(len(items), torch.get_num_threads())
     if workers < 2:

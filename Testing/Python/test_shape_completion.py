@@ -16,7 +16,7 @@ from inr_engine.io import read_volume
 from inr_engine.metrics import dice
 from inr_engine.priors import BUNDLED_DIR, MANIFEST, bundled_priors, load_prior
 from inr_engine.runtime import seed_everything
-from inr_engine.shape.case import prepare_case, region_of_interest
+from inr_engine.shape.case import foreground_span, prepare_case, region_of_interest
 from inr_engine.shape.complete import complete_labelmap, input_labels
 from inr_engine.shape.completer import ShapeCompleter
 from inr_engine.shape.model import OccupancyINR, occupancy_loss
@@ -212,7 +212,8 @@ def test_prepare_case_region_frame_and_context(tiny_cfg, ellipsoid):
     fg = np.argwhere(mask)
     assert np.all(case.lo <= fg.min(0)) and np.all(case.hi >= fg.max(0) + 1)
     assert np.all(case.lo >= 0) and np.all(case.hi <= np.array(mask.shape))
-    lo, hi = region_of_interest(sparse, case.evidence, tiny_cfg.margin_mm)
+    lo, hi = region_of_interest(*foreground_span(sparse), case.slices, spacing(affine), tiny_cfg.margin_mm,
+                                sparse.shape)
     np.testing.assert_array_equal(lo, case.lo)
     np.testing.assert_array_equal(hi, case.hi)
     # Context points lie on the annotated slices, inside the network frame's unit-ish ball.
@@ -489,3 +490,29 @@ def test_bundled_prior_completes_shipped_sample(sample):
     adaptive, _ = completer.decode(case, params, adaptive=True)
     assert np.mean((exact > 0) == (adaptive > 0)) > 0.999
     assert dice(completer.labelmap(case, params), full) > 0.70
+
+
+@pytest.mark.parametrize("prior, sparse_file", [
+    ("adrenal", "adrenal_val000_sparse_w8_axis0.nii.gz"),
+    ("head-neck-organs", "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd"),
+])
+def test_a_structure_costs_its_own_size_not_its_scans(prior, sparse_file):
+    """The work happens on a crop around the annotation: the same annotation in a scan five times
+    larger completes to exactly the same labels, surface region and report."""
+    volume = read_volume(SAMPLES_DIR / sparse_file)
+    completer = ShapeCompleter.from_prior(load_prior(prior))
+
+    def completed(pad: int):
+        array = np.pad(volume.array, pad)
+        affine = volume.affine.copy()
+        affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)  # the structure stays where it was in RAS
+        result = complete_labelmap(array, affine, completer)
+        inner = tuple(slice(pad, pad + n) for n in volume.array.shape)
+        return result.labels[inner], result.labels.sum(), result.report["labels"]["1"]
+
+    roomy, roomy_total, roomy_report = completed(40)
+    huge, huge_total, huge_report = completed(160)
+    np.testing.assert_array_equal(roomy, huge)
+    assert roomy_total == huge_total == roomy.sum()  # nothing outside the input's own extent either
+    assert {a: [i - 40 for i in v] for a, v in roomy_report["slices"].items()} == \
+           {a: [i - 160 for i in v] for a, v in huge_report["slices"].items()}

@@ -104,7 +104,7 @@ def case_labelmap(case: Case, logits_fn: Callable[[torch.Tensor], torch.Tensor],
             return logits_fn(coords).float().numpy()
 
     logits = decode_box(point_function, case.lo, case.hi, 1.0, chunk_size(bytes_per_point))
-    return labels_on_grid(case.evidence.shape, case.lo, logits)
+    return labels_on_grid(case.grid_shape, case.lo, logits)
 
 
 class CoordinateBaseline:

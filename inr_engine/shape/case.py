@@ -9,39 +9,78 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..frames import NormalizedFrame, ijk_to_ras, spacing
+from ..frames import NormalizedFrame, foreground_box, ijk_to_ras, spacing
 from ..runtime import thread_map
-from .encoder import EncodedEvidence, SliceEncoder
+from .encoder import EncodedEvidence, EvidenceGrid, SliceEncoder
 from .model import ShapeConfig
+from .slice_flow import BOX_MARGIN_MM
 from .slices import SliceError, SliceEvidence, find_annotated_slices
 
 
 @dataclass
 class Case:
-    """A sparse input prepared for fitting: evidence, decoded region, frame, context points."""
+    """A sparse input prepared for fitting: evidence, decoded region, frame, context points.
 
-    evidence: SliceEvidence | EncodedEvidence
-    affine: np.ndarray
+    The work happens on a crop of the input grid around the annotation (``offset``, the crop's
+    first voxel): the evidence is in the crop's voxel indices, everything else (``lo``, ``hi``,
+    the points :meth:`inputs` takes, ``affine``) in the input grid's, so a structure costs what
+    its size costs, not what its scan's size does.
+    """
+
+    evidence: SliceEvidence | EncodedEvidence  # in the crop's voxel indices
+    affine: np.ndarray  # of the input grid
     frame: NormalizedFrame
-    lo: np.ndarray  # decoded region [lo, hi) in voxel indices
+    lo: np.ndarray  # decoded region [lo, hi) in the input grid's voxel indices
     hi: np.ndarray
     context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # coords, evidence, labels (see prepare_case)
+    offset: np.ndarray  # the crop's first voxel in the input grid
+    grid_shape: tuple[int, int, int]  # the input grid's
     timings: dict[str, float] = field(default_factory=dict)
 
+    def inputs(self, ijk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's inputs (normalized coordinates, evidence features) at input-grid voxels ``ijk``."""
+        coords = torch.from_numpy(self.frame.ijk_to_network(ijk, self.affine))
+        return coords, torch.from_numpy(self.evidence.features(np.asarray(ijk) - self.offset))
 
-def region_of_interest(sparse: np.ndarray, evidence: SliceEvidence, margin_mm: float):
-    """Box ``[lo, hi)`` in voxel indices where the shape can be: the annotated foreground's
-    box, grown by the largest slice gap along annotated axes and by ``margin_mm`` everywhere."""
-    fg = np.argwhere(sparse)
-    lo = fg.min(0).astype(np.float64)
-    hi = fg.max(0).astype(np.float64) + 1
-    grow = margin_mm / evidence.spacing
-    for a, idx in evidence.slices.items():
+    @property
+    def slices(self) -> dict[int, list[int]]:
+        """The annotated slices, in the input grid's indices."""
+        return {a: [int(i) + int(self.offset[a]) for i in idx] for a, idx in self.evidence.slices.items()}
+
+
+def region_of_interest(fg_lo, fg_hi, slices: dict[int, list[int]], spacing: np.ndarray, margin_mm: float,
+                       shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Box ``[lo, hi)`` in voxel indices where the shape can be: the annotated foreground's box
+    ``[fg_lo, fg_hi)``, grown by the largest slice gap along annotated axes and by ``margin_mm``
+    everywhere, within ``shape``."""
+    grow = margin_mm / np.asarray(spacing, np.float64)
+    for a, idx in slices.items():
         gaps = np.diff(idx)
-        grow[a] = max(grow[a], float(gaps.max()) if len(gaps) else margin_mm / evidence.spacing[a])
-    lo = np.maximum(np.floor(lo - grow), 0).astype(int)
-    hi = np.minimum(np.ceil(hi + grow), np.asarray(sparse.shape)).astype(int)
+        grow[a] = max(grow[a], float(gaps.max()) if len(gaps) else grow[a])
+    lo = np.maximum(np.floor(np.asarray(fg_lo) - grow), 0).astype(int)
+    hi = np.minimum(np.ceil(np.asarray(fg_hi) + grow), np.asarray(shape)).astype(int)
     return lo, hi
+
+
+def foreground_span(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` of ``mask``'s foreground (which must not be empty)."""
+    box = foreground_box(mask)
+    return np.array([b.start for b in box]), np.array([b.stop for b in box])
+
+
+def _crop_box(fg_lo, fg_hi, roi_lo, roi_hi, slices, spacing, shape, encoder_grid) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the grid the evidence needs: the decoded region, the slices' registration boxes
+    (within ``BOX_MARGIN_MM`` of a contour), the context encoder's grid, and the given slices; one
+    voxel more on every side, so that nothing inside sees the crop's edge."""
+    reach = np.ceil(BOX_MARGIN_MM / np.asarray(spacing)).astype(int)
+    lo, hi = np.minimum(roi_lo, fg_lo - reach), np.maximum(roi_hi, fg_hi + reach)
+    if encoder_grid is not None:
+        lo = np.minimum(lo, np.floor(encoder_grid.lo).astype(int))
+        last = encoder_grid.lo + (np.asarray(encoder_grid.dims) - 1) * encoder_grid.step
+        hi = np.maximum(hi, np.ceil(last).astype(int) + 1)
+    for a, idx in slices.items():
+        lo[a], hi[a] = min(lo[a], min(idx)), max(hi[a], max(idx) + 1)
+    return np.maximum(lo - 1, 0), np.minimum(hi + 1, np.asarray(shape))
 
 
 def box_voxels(lo, hi) -> np.ndarray:
@@ -142,32 +181,37 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
         raise SliceError(f"expected a 3D label map, got {sparse.ndim}D")
     if not sparse.any():
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    slices = find_annotated_slices(sparse) if slices is None else _check_given_slices(sparse, slices)
+    fg_lo, fg_hi = foreground_span(sparse)
+    if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
+        found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
+        slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
+    else:
+        slices = _check_given_slices(sparse, slices)
     if sum(len(v) for v in slices.values()) < 2:
         raise SliceError("only one annotated slice: annotate at least two slices (or slices along two axes) "
                          "so that the shape's extent can be inferred")
-    evidence = SliceEvidence(sparse, slices, spacing(affine))
-    lo, hi = region_of_interest(sparse, evidence, cfg.margin_mm)
+    spc = spacing(affine)
+    slices = {a: sorted(set(int(i) for i in idx)) for a, idx in slices.items() if len(idx)}
+    roi_lo, roi_hi = region_of_interest(fg_lo, fg_hi, slices, spc, cfg.margin_mm, sparse.shape)
+    grid = None if encoder is None else EvidenceGrid(roi_lo, roi_hi, spc, cfg.encoder_pitch_mm, encoder.grid_multiple)
+    offset, end = _crop_box(fg_lo, fg_hi, roi_lo, roi_hi, slices, spc, sparse.shape, grid)
+    crop = sparse[tuple(slice(a, b) for a, b in zip(offset, end))]
+    evidence = SliceEvidence(crop, {a: [i - int(offset[a]) for i in idx] for a, idx in slices.items()}, spc)
+    lo, hi = roi_lo - offset, roi_hi - offset  # in the crop, until the case is made
     if encoder is not None:
         evidence = EncodedEvidence(evidence, encoder, lo, hi, cfg.encoder_pitch_mm)
-    fg = np.argwhere(sparse)
-    centre = ijk_to_ras((fg.min(0) + fg.max(0)) / 2.0, affine)
+    centre = ijk_to_ras((fg_lo + fg_hi - 1) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
     rng = np.random.default_rng(0) if rng is None else rng
     band = 2.0 * float(evidence.spacing.max())
-    voxels = _slice_voxels(sparse, evidence, lo, hi)
+    voxels = _slice_voxels(crop, evidence, lo, hi)
     near = voxels.distance <= band
     exact = balanced_sample(rng, len(near), cfg.context_points // 2, near)
     eligible = _held_out_candidates(voxels, cfg.held_out_slices, rng)
     held = eligible[balanced_sample(rng, len(eligible), cfg.context_points - cfg.context_points // 2, near[eligible])]
     pick = np.concatenate([exact, held])
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
-    context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick], affine)), torch.from_numpy(feats),
+    context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick] + offset, affine)), torch.from_numpy(feats),
                torch.from_numpy(voxels.labels[pick]))
-    return Case(evidence, np.asarray(affine, np.float64), frame, lo, hi, context,
+    return Case(evidence, np.asarray(affine, np.float64), frame, roi_lo, roi_hi, context, offset, sparse.shape,
                 {"prepare": time.perf_counter() - t0})
-
-
-def network_inputs(evidence: SliceEvidence | EncodedEvidence, frame: NormalizedFrame, affine, ijk: np.ndarray):
-    coords = torch.from_numpy(frame.ijk_to_network(ijk, affine))
-    return coords, torch.from_numpy(evidence.features(ijk))

@@ -15,7 +15,7 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from ..fit import FitStep
-from ..frames import validate_affine
+from ..frames import foreground_box, validate_affine
 from ..mesh import surface_from_logits
 from .case import Case
 from .completer import ShapeCompleter
@@ -49,6 +49,10 @@ def input_labels(array: np.ndarray) -> list[int]:
         array = array.view(np.uint8)
     elif not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise SliceError(f"expected a label map of integers, got {array.dtype} values")
+    box = foreground_box(array != 0)  # NaN, fractional and negative values are not 0: all inside
+    if box is None:
+        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
+    array = array[box]  # a structure's box, not its scan: the checks below cost what the annotation does
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise SliceError("the label map contains NaN or infinite values")
@@ -154,6 +158,6 @@ def _fit_label(case, completer, steps, on_step, lab) -> _FittedLabel:
     t0 = time.perf_counter()
     logits, lo = completer.decode(case, params)
     phases = {"prepare": case.timings["prepare"], "fit": fit_s, "decode": time.perf_counter() - t0}
-    report = {"slices": {str(a): v for a, v in case.evidence.slices.items()}, "fit_steps": history,
+    report = {"slices": {str(a): v for a, v in case.slices.items()}, "fit_steps": history,
               "phases": phases, "region": {"lo": case.lo.tolist(), "hi": case.hi.tolist()}}
     return _FittedLabel(case, params, logits, lo, report)

@@ -12,7 +12,7 @@ from ..decode import chunk_size, decode_box, labels_on_grid
 from ..fit import FitStep, fit
 from ..meta import ALGORITHMS, STRAINER, MetaLearner
 from ..priors import Prior, PriorError, build_network, prior_config
-from .case import Case, network_inputs, prepare_case
+from .case import Case, prepare_case
 from .encoder import SliceEncoder
 from .model import TASK, OccupancyINR, ShapeConfig, load_encoder, occupancy_loss, prior_tensors, split_tensors
 from .slices import EVIDENCE_VERSION
@@ -83,7 +83,7 @@ class ShapeCompleter:
         params = self.init if params is None else params
 
         def logits(ijk: np.ndarray) -> np.ndarray:
-            coords, ev = (t.to(self.device) for t in network_inputs(case.evidence, case.frame, case.affine, ijk))
+            coords, ev = (t.to(self.device) for t in case.inputs(ijk))
             with torch.no_grad():
                 return functional_call(self.model, params, (coords, ev)).float().cpu().numpy()
 
@@ -99,4 +99,4 @@ class ShapeCompleter:
     def labelmap(self, case: Case, params=None, adaptive: bool = True) -> np.ndarray:
         """Binary completion on the input's full grid (outside the region: background)."""
         logits, lo = self.decode(case, params, 1.0, adaptive)
-        return labels_on_grid(case.evidence.shape, lo, logits)
+        return labels_on_grid(case.grid_shape, lo, logits)

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from ..datasets import Shape
 from ..frames import spacing
-from .case import balanced_sample, box_voxels, network_inputs, prepare_case, region_of_interest
+from .case import balanced_sample, box_voxels, foreground_span, prepare_case, region_of_interest
 from .encoder import EvidenceGrid, SliceEncoder, grid_multiple
 from .model import ShapeConfig
 from .slices import SliceError, SliceEvidence, sparsify
@@ -63,7 +63,7 @@ def sample_task(mask: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, rng: np.
     labels = mask[tuple(voxels.T)].astype(np.float32)
     band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
     pick = balanced_sample(rng, len(voxels), cfg.target_points, band[tuple(voxels.T)])
-    target = network_inputs(case.evidence, case.frame, affine, voxels[pick]) + (torch.from_numpy(labels[pick]),)
+    target = case.inputs(voxels[pick]) + (torch.from_numpy(labels[pick]),)
     return case.context, target
 
 
@@ -117,8 +117,8 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
         return None
     sparse, slices = simulated
     evidence = SliceEvidence(sparse, slices, spacing(shape.affine))
-    grid = EvidenceGrid(*region_of_interest(sparse, evidence, cfg.margin_mm), evidence.spacing, cfg.encoder_pitch_mm,
-                        grid_multiple(cfg.encoder_channels))
+    roi = region_of_interest(*foreground_span(sparse), evidence.slices, evidence.spacing, cfg.margin_mm, sparse.shape)
+    grid = EvidenceGrid(*roi, evidence.spacing, cfg.encoder_pitch_mm, grid_multiple(cfg.encoder_channels))
     grid = grid.window(ENCODER_TRAINING_SIDE, rng)  # large organs (the brain) train on windows: the U-Net is local
     occupancy = ndimage.map_coordinates(np.asarray(shape.mask, np.float32), grid.points().T, order=1, mode="constant")
     return grid.features(evidence), torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))
