@@ -23,6 +23,7 @@ from inr_engine.io import read_volume
 ADRENAL_NPZ = "adrenalmnist3d/adrenalmnist3d_64.npz"
 HN_OAR = "deepmind_hn_oar"
 HIPPOCAMPUS = "msd_hippocampus"
+HIPPOCAMPUS_CLASSES = ("background", "anterior", "posterior")  # the labels 0, 1, 2 of its label maps
 
 # Head and neck: the organs scored on the validation scans, in training and in the benchmarks.
 HN_VALIDATION_ORGANS = {"Parotid-Lt", "Parotid-Rt", "Mandible", "Brainstem", "Spinal-Cord"}

@@ -25,7 +25,7 @@ from benchmarks.datasets import HIPPOCAMPUS
 from inr_engine.datasets import labelled_image_names, labelled_images, seeded_split
 from inr_engine.frames import spacing
 from inr_engine.metrics import segmentation_scores
-from inr_engine.segmentation import refinement as inr_refine
+from inr_engine.segmentation import refinement
 from inr_engine.segmentation.segment import load_segmenter
 
 CLASSES = {1: "anterior", 2: "posterior"}
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data_root / HIPPOCAMPUS
     _, held_out = seeded_split(labelled_image_names(data), 40, 0)
     segmenter = load_segmenter(args.method, args.prior)
-    refiner = inr_refine.load_refiner(segmenter)
+    refiner = refinement.load_refiner(segmenter)
     rows: dict[str, list[dict]] = {"plain": [], "refined": []}
     seconds = []
     for image in labelled_images(data, held_out):
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["plain"].append({"name": image.name, **scores(segmenter.labels(volume, params), image.labels,
                                                               image.affine)})
         start = time.perf_counter()
-        refined = inr_refine.refined_labels(segmenter, refiner, volume, params)
+        refined = refinement.refined_labels(segmenter, refiner, volume, params)
         seconds.append(time.perf_counter() - start)
         rows["refined"].append({"name": image.name, **scores(refined, image.labels, image.affine)})
     result = {"prior": str(segmenter.prior.path), "refinement": segmenter.prior.metadata["refinement"],

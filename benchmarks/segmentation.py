@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     _, held_out = seeded_split(labelled_image_names(data), 40, 0)
     subjects = labelled_images(data, held_out[: args.max_subjects])
     segmenters = methods(args)
+    (args.work_dir / "segmentation").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list] = {}
     for name, seg in segmenters.items():  # rows are kept as they come, so a later failure loses nothing
-        cache = out / f".rows-{name.replace(' ', '-')}.json"
+        cache = args.work_dir / "segmentation" / f"rows-{name.replace(' ', '-')}.json"
         if args.reuse_rows and cache.is_file():
             rows[name] = json.loads(cache.read_text())["rows"]
             harness.log(f"{name}: rows reused from {cache}")

@@ -35,6 +35,7 @@ from benchmarks import harness
 from benchmarks.datasets import (
     ADRENAL_NPZ,
     HIPPOCAMPUS,
+    HIPPOCAMPUS_CLASSES,
     HN_OAR,
     HN_VALIDATION_ORGANS,
     adrenal_shapes,
@@ -87,7 +88,7 @@ def intensity_part(args) -> dict:
     held_out = labelled_images(args.hippocampus, val_names[: args.held_out])
     prior_path = args.work / "strainer-hippocampus.safetensors"
     start = time.perf_counter()
-    meta = segmentation_strainer.build_segmentation_prior(cases, prior_path, class_names=list(metaseg.CLASS_NAMES),
+    meta = segmentation_strainer.build_segmentation_prior(cases, prior_path, class_names=list(HIPPOCAMPUS_CLASSES),
                                                           settings=strainer.StrainerSettings(seed=args.seed))
     build_seconds = time.perf_counter() - start
     harness.log(f"STRAINER MetaSeg prior from {len(cases)} subjects in {build_seconds:.0f} s")

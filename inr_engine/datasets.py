@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .inputs import SegmentationError, SliceError, check_image, input_labels, looks_like_labels
 from .io import VolumeError, read_volume
 
 
@@ -80,10 +81,6 @@ def check_label_map(array: np.ndarray, file: str | Path, allow_empty: bool = Fal
     (NaN, fractional or negative values, too many labels, no label) and that it is not an image
     (many integer values that are not piecewise constant, e.g. a uint8 MRI); raises
     :class:`TrainingDataError` naming ``file``."""
-    from .segmentation.volume import _looks_like_labels
-    from .shape.complete import input_labels  # not at import time: it loads the shape-completion stack
-    from .shape.slices import SliceError
-
     array = np.asarray(array)
     if allow_empty and array.size and not np.any(array):
         return []
@@ -91,7 +88,7 @@ def check_label_map(array: np.ndarray, file: str | Path, allow_empty: bool = Fal
         labels = input_labels(array)
     except SliceError as exc:
         raise TrainingDataError(f"{file}: not a usable label map: {exc}") from exc
-    if not _looks_like_labels(array):
+    if not looks_like_labels(array):
         raise TrainingDataError(f"{file}: {len(labels)} different values that do not form piecewise-constant "
                                 "regions: this looks like an image, not a label map; give label maps (one integer "
                                 "label per structure)")
@@ -189,7 +186,7 @@ def labelled_image_names(root: str | Path) -> list[str]:
 
 def labelled_images(root: str | Path, names: list[str] | None = None) -> list[LabelledImage]:
     """Image/label pairs of ``root`` (all, or ``names``), checked as ``segment`` and ``complete``
-    check their inputs: the image an image (:func:`check_image`), the label map a label map
+    check their inputs: the image an image (:func:`check_training_image`), the label map a label map
     (:func:`check_label_map`; a map without labels is allowed), both on the same grid. Raises
     :class:`TrainingDataError` naming the file."""
     images, labels = _image_folders(root)
@@ -200,7 +197,7 @@ def labelled_images(root: str | Path, names: list[str] | None = None) -> list[La
     for name in names:
         image_file, label_file = images / name, labels / name
         image, label = read_volume(image_file), read_volume(label_file)
-        check_image(image.array, image.affine, image_file)
+        check_training_image(image.array, image.affine, image_file)
         check_label_map(label.array, label_file, allow_empty=True)
         if image.shape != label.shape:
             raise TrainingDataError(f"{label_file}: shape {label.shape} differs from its image's {image.shape}; "
@@ -213,14 +210,11 @@ def labelled_images(root: str | Path, names: list[str] | None = None) -> list[La
     return out
 
 
-def check_image(array: np.ndarray, affine: np.ndarray, file: str | Path) -> None:
+def check_training_image(array: np.ndarray, affine: np.ndarray, file: str | Path) -> None:
     """Refuse a training image that ``segment`` would refuse (its own check,
-    :func:`~inr_engine.segmentation.volume.check_image`); raises :class:`TrainingDataError` naming ``file``."""
-    from .segmentation.volume import SegmentationError
-    from .segmentation.volume import check_image as check_segmentation_image
-
+    :func:`~inr_engine.inputs.check_image`); raises :class:`TrainingDataError` naming ``file``."""
     try:
-        check_segmentation_image(array, affine)
+        check_image(array, affine)
     except SegmentationError as exc:
         raise TrainingDataError(f"{file}: not a usable image: {exc}") from exc
 

@@ -141,9 +141,9 @@ def run_training(model: nn.Module, step_loss: Callable[[], torch.Tensor], settin
         budget.set_lr(opt, progress)
         opt.zero_grad(set_to_none=True)
         loss = step_loss()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the {stage} training diverged (loss {float(loss)}) at step {step}: try a lower "
-                                   "learning rate")
+        if not _finite_on_every_rank(loss, world):
+            raise TrainingDiverged(f"the {stage} training diverged at step {step} (its loss is no longer finite): "
+                                   "try a lower learning rate")
         loss.backward()
         if world > 1:
             _average_gradients(parameters, world)
@@ -172,6 +172,14 @@ def run_training(model: nn.Module, step_loss: Callable[[], torch.Tensor], settin
     if world > 1:
         dist.barrier()
     return result
+
+
+def _finite_on_every_rank(loss: torch.Tensor, world: int) -> bool:
+    """Whether every rank's loss is finite: the ranks stop together, none waits for a stopped one."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def _broadcast(model: nn.Module) -> None:

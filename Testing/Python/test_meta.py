@@ -356,3 +356,14 @@ def test_learner_resumes_from_its_saved_initialisation(tiny_cfg):
         assert torch.equal(p, init[k])
     for k, s in fresh.step_sizes().items():
         assert torch.equal(s, sizes[k])
+
+
+def test_a_diverging_training_stops_with_one_line_and_no_update():
+    from inr_engine.training import TrainingDiverged, run_training
+
+    model = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="diverged at step 1"):
+        run_training(model, lambda: model.weight.sum() * float("nan"), TrainingSettings(5, 1e-3), stage="test")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from inr_engine import strainer
+from inr_engine.cli.prior_check import open_prior, verify_prior
 from inr_engine.intensity import IntensityReference
 from inr_engine.meta import MetaLearner
 from inr_engine.priors import (
@@ -38,7 +39,6 @@ from inr_engine.priors import (
     typed_config,
     write_manifest,
 )
-from inr_engine.priors.check import open_prior, verify_prior
 from inr_engine.segmentation import metaseg, nisf, refinement
 from inr_engine.segmentation import strainer as segmentation_strainer
 from inr_engine.segmentation.segment import load_segmenter

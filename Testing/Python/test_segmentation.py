@@ -115,7 +115,7 @@ def tiny_metaseg(tmp_path_factory, subjects):
     path = tmp_path_factory.mktemp("priors") / "metaseg.safetensors"
     settings = MetaSegTrainingSettings(steps=3, meta_batch=2, lr=1e-3, validate_every=3)
     train_metaseg_prior(subjects, subjects[:1], TINY_METASEG, path, settings, device=torch.device("cpu"),
-                        description="tiny", training_data={"test": True})
+                        description="tiny", training_data={"test": True}, class_names=CLASSES)
     return path
 
 

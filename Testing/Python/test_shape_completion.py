@@ -12,12 +12,13 @@ import torch
 from inr_engine.data import SAMPLES_DIR
 from inr_engine.datasets import Shape
 from inr_engine.frames import spacing
+from inr_engine.inputs import input_labels
 from inr_engine.io import read_volume
 from inr_engine.metrics import dice
 from inr_engine.priors import BUNDLED_DIR, MANIFEST, bundled_priors, load_prior
 from inr_engine.runtime import seed_everything
 from inr_engine.shape.case import foreground_span, prepare_case, region_of_interest
-from inr_engine.shape.complete import complete_labelmap, input_labels
+from inr_engine.shape.complete import complete_labelmap
 from inr_engine.shape.completer import ShapeCompleter
 from inr_engine.shape.model import OccupancyINR, occupancy_loss
 from inr_engine.shape.slices import (

@@ -32,8 +32,9 @@ from inr_engine.datasets import (
     labelled_images,
     seeded_split,
 )
+from inr_engine.inputs import equal_neighbours, looks_like_labels
 from inr_engine.io import VolumeError, read_volume
-from inr_engine.segmentation.volume import SegmentationError, _looks_like_labels, equal_neighbours, prepare_volume
+from inr_engine.segmentation.volume import SegmentationError, prepare_volume
 from inr_engine.shape.slices import SliceError
 from inr_engine.shape.training import ShapeTrainingSettings, train_shape_prior
 from inr_engine.streams import TaskStream
@@ -346,13 +347,13 @@ def test_label_maps_with_many_labels_are_recognised():
     for side in (48, 96):
         labels = voronoi_labels(side)
         assert len(np.unique(labels)) > 150
-        assert _looks_like_labels(labels) and _looks_like_labels(labels.astype(np.float32))
-        assert _looks_like_labels(labels.astype(np.int32) * 3 + 1000)  # any integer values
+        assert looks_like_labels(labels) and looks_like_labels(labels.astype(np.float32))
+        assert looks_like_labels(labels.astype(np.int32) * 3 + 1000)  # any integer values
         with pytest.raises(SegmentationError, match="label map"):
             prepare_volume(labels, np.eye(4), 32.0)
     for file in sorted(SAMPLES.glob("*.nii.gz")) + sorted(SAMPLES.glob("*.nrrd")):
         if "image" not in file.name:  # shipped label maps: full, sparse and hippocampus labels
-            assert _looks_like_labels(read_volume(file).array), file.name
+            assert looks_like_labels(read_volume(file).array), file.name
 
 
 def test_images_are_not_taken_for_label_maps():
@@ -362,13 +363,13 @@ def test_images_are_not_taken_for_label_maps():
         as_uint8 = np.round((image - image.min()) / np.ptp(image) * 255).astype(np.uint8)
         for candidate in (image, as_uint8, np.round(image).astype(np.int16),
                           np.rint(ndimage.gaussian_filter(as_uint8.astype(float), 2)).astype(np.uint8)):
-            assert not _looks_like_labels(candidate)
+            assert not looks_like_labels(candidate)
             assert equal_neighbours(candidate) < 0.3
         prepare_volume(as_uint8, np.eye(4), 32.0)  # accepted
     body = voronoi_labels(48, 12, seed=1)
     ct = np.where(body > 0, rng.choice([-100, 0, 40, 60, 300, 1000], 13)[body], -1024)
     ct = np.rint(ct + (body > 0) * rng.normal(0, 10, body.shape)).astype(np.int16)  # CT: air exact, tissue noisy
-    assert not _looks_like_labels(ct) and equal_neighbours(ct) < 0.1
+    assert not looks_like_labels(ct) and equal_neighbours(ct) < 0.1
 
 
 def test_real_images_and_label_maps_of_the_shared_data():
@@ -376,8 +377,8 @@ def test_real_images_and_label_maps_of_the_shared_data():
         pytest.skip("no shared data")
     names = sorted(p.name for p in (SHARED / "images").glob("*.nii.gz"))[:30]
     for name in names:
-        assert not _looks_like_labels(read_volume(SHARED / "images" / name).array), name
-        assert _looks_like_labels(read_volume(SHARED / "labels" / name).array), name
+        assert not looks_like_labels(read_volume(SHARED / "images" / name).array), name
+        assert looks_like_labels(read_volume(SHARED / "labels" / name).array), name
 
 
 def test_the_label_map_check_is_fast_on_large_volumes():
@@ -387,5 +388,5 @@ def test_the_label_map_check_is_fast_on_large_volumes():
     floats = rng.random((256, 256, 256), dtype=np.float32)
     for array, expected in ((ct, False), (labels, True), (floats, False)):
         start = time.perf_counter()
-        assert _looks_like_labels(array) is expected
+        assert looks_like_labels(array) is expected
         assert time.perf_counter() - start < 1.0

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from ..files import OutputError, RunOutputs
 from ..frames import GeometryError
+from ..inputs import SegmentationError, SliceError
 from ..io import VolumeError
 from ..priors import PriorError
 from ..runtime import DeviceError
-from ..segmentation.volume import SegmentationError
-from ..shape.slices import SliceError
 from ..training import TrainingDiverged
 
 USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OutputError, DeviceError,

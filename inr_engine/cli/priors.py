@@ -35,7 +35,7 @@ def run_priors(args) -> dict:
         meta = dict(load_prior(prior).metadata)  # verifies format, metadata and checksum
         print(json.dumps(meta, indent=2))
         return meta
-    from ..priors.check import verify_prior
+    from .prior_check import verify_prior
 
     print(verify_prior(prior))  # every check that loading for use runs, the network built
     return dict(load_prior(prior).metadata)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data import SAMPLES_DIR
+from ..data import samples as shipped_samples
 from ..files import RunOutputs
 from ..frames import GeometryError
+from ..inputs import SliceError
 from ..io import VolumeError
-from ..shape.slices import SliceError
 from .common import UsageError, one_run, prior_input, volume_input, volume_output, write_json
 
 
@@ -111,8 +111,8 @@ def _complete(args, run: RunOutputs) -> dict:
 
 def _reference(path: str | None, volume):
     """The ``--reference`` label map, checked against the input's grid before any work."""
+    from ..inputs import input_labels
     from ..io import read_volume
-    from ..shape.complete import input_labels
 
     if path is None:
         return None
@@ -193,10 +193,10 @@ def _segment(args, run: RunOutputs) -> dict:
 # --------------------------------------------------------------------------- demo
 def run_demo(args) -> dict:
     """Complete the shipped sparse sample and segment the shipped image with the bundled priors."""
-    from ..overview import write_overview
+    from .overview import write_overview
 
     out = Path(args.out)
-    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())["samples"]
+    samples = shipped_samples()
     sample = next(s for s in samples if s.get("demo") and s["kind"] == "sparse")
     completion = argparse.Namespace(
         input=str(SAMPLES_DIR / sample["file"]), output=str(out / "completed.nii.gz"), mesh=str(out / "completed.stl"),

@@ -1,8 +1,7 @@
 """Priors: network weights in safetensors, JSON metadata in its header, a SHA256 manifest.
 
 :mod:`.store` reads, writes and lists prior files; :mod:`.metadata` checks what their metadata
-holds; :mod:`.check` opens a prior completely (it imports the methods, so it is not imported here:
-the methods import this package).
+holds. Opening a prior completely (building its networks) is :mod:`inr_engine.cli.prior_check`.
 """
 
 from .metadata import (

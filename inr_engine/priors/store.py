@@ -281,7 +281,7 @@ def load_prior(name_or_path: str | Path, task: str | None = None) -> Prior:
     float32 finite tensors); ``task`` (e.g. ``"shape_completion"``) refuses priors of other tasks.
 
     Whether the tensors build the network the metadata describes is checked by the methods'
-    ``from_prior`` (all of it at once: :func:`inr_engine.priors.check.open_prior`).
+    ``from_prior`` (all of it at once: :func:`inr_engine.cli.prior_check.open_prior`).
     """
     import torch
     from safetensors import SafetensorError, safe_open

@@ -38,7 +38,6 @@ from ..priors import (
 from .volume import SegVolume, predict_labels, prepare_volume, segmentation_loss
 
 TASK = SEGMENTATION_TASKS["metaseg"]
-CLASS_NAMES = ("background", "anterior", "posterior")
 
 DECODER_INITS = ("prior", "least_squares")  # the class head from the prior, or by least squares at test time
 
@@ -215,7 +214,7 @@ def prior_tensors(learner: MetaLearner) -> dict[str, torch.Tensor]:
     return initialisation_tensors(dict(learner.model.named_parameters()), learner.step_sizes())
 
 
-def prior_metadata(cfg: MetaSegConfig, reference: IntensityReference, class_names=CLASS_NAMES, **extra) -> dict:
+def prior_metadata(cfg: MetaSegConfig, reference: IntensityReference, class_names, **extra) -> dict:
     return {"task": TASK, "config": asdict(cfg), "frame": {"convention": FRAME_CONVENTION, "scale_mm": cfg.scale_mm,
                                                            "centre": "centre of the volume's grid"},
             "architecture": {"network": "SIREN (intensity) + class head on its last sine features",

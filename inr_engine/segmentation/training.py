@@ -57,7 +57,7 @@ class MetaSegTrainingSettings(MetaTrainingSettings):
 
 def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: metaseg.MetaSegConfig,
                         out: str | Path, settings: MetaSegTrainingSettings, *, device: torch.device,
-                        description: str, training_data: dict, class_names=metaseg.CLASS_NAMES,
+                        description: str, training_data: dict, class_names,
                         log_path: str | Path | None = None) -> dict:
     """Meta-train MetaSeg and write the best validated state to ``out``."""
     rng = seed_everything(settings.seed + distributed_context()[0])
@@ -169,7 +169,7 @@ def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: 
        from the auto-decoder; the prior keeps the auto-decoder as well, for the paper procedure.
     """
     log = json_logger(log_path)
-    rng = seed_everything(settings.seed)
+    rng = seed_everything(settings.seed + distributed_context()[0])  # each rank draws its own subjects
     data = TrainingVolumes.from_images(train, cfg.scale_mm, cfg.num_classes)
     reference = data.reference()
     net = nisf.NISFNetwork(cfg).to(device)

@@ -15,15 +15,13 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from ..fit import FitStep
-from ..frames import foreground_box, validate_affine
+from ..frames import validate_affine
+from ..inputs import SliceError, input_labels
 from ..mesh import surface_from_logits
 from .case import Case
 from .completer import ShapeCompleter
-from .slices import SliceError
 
-MAX_LABELS = 255
 MAX_MESH_STEP = 8.0  # mesh sampling in voxels: coarser meshes lose small structures entirely
-MAX_LABEL_VALUE = 2**31 - 1  # label values are written back as (at most) 32-bit integers
 
 StepCallback = Callable[[int, FitStep, Case], None]  # (label, step, its case) after every fitting step
 
@@ -33,43 +31,6 @@ class Completion:
     labels: np.ndarray  # completed label map on the input grid (input dtype's label values)
     surfaces: dict = field(default_factory=dict)  # label -> vtkPolyData (RAS mm)
     report: dict = field(default_factory=dict)
-
-
-def input_labels(array: np.ndarray) -> list[int]:
-    """The foreground labels of a sparse label map, after checking it is one.
-
-    The one check of label maps: the CLI, the Slicer logic and training data all use it.
-    """
-    array = np.asarray(array)
-    if array.ndim != 3:
-        raise SliceError(f"expected a 3D label map, got {array.ndim}D data")
-    if array.size == 0:
-        raise SliceError(f"the label map is empty (shape {array.shape})")
-    if array.dtype == bool:
-        array = array.view(np.uint8)
-    elif not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise SliceError(f"expected a label map of integers, got {array.dtype} values")
-    box = foreground_box(array != 0)  # NaN, fractional and negative values are not 0: all inside
-    if box is None:
-        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    array = array[box]  # a structure's box, not its scan: the checks below cost what the annotation does
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise SliceError("the label map contains NaN or infinite values")
-        if not np.array_equal(array, np.round(array)):
-            raise SliceError("the input has fractional values: expected a label map (integers), not an image")
-    values = np.unique(array)
-    if values.min() < 0:
-        raise SliceError("label maps must not contain negative labels")
-    if values.max() > MAX_LABEL_VALUE:
-        raise SliceError(f"the label value {values.max():g} is larger than a label map holds ({MAX_LABEL_VALUE})")
-    labels = [int(v) for v in values if v != 0]
-    if len(labels) > MAX_LABELS:
-        raise SliceError(f"the input has {len(labels)} distinct values: expected a label map (at most {MAX_LABELS} "
-                         "labels), not an image")
-    if not labels:
-        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    return labels
 
 
 def check_sparse_labelmap(array: np.ndarray, affine: np.ndarray) -> list[int]:

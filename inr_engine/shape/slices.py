@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
+from ..inputs import SliceError
 from ..runtime import thread_map
 from .slice_flow import SliceFlow, slice_flow
 
@@ -36,10 +37,6 @@ FEATURES_PER_AXIS = 9
 # Priors record the evidence they were trained on: features of another version mean other things.
 EVIDENCE_VERSION = "slice-evidence v2: signed distances blended along demons correspondence"
 NUM_FEATURES = 3 * FEATURES_PER_AXIS + 1
-
-
-class SliceError(ValueError):
-    """Sparse input that cannot be completed."""
 
 
 def find_annotated_slices(sparse: np.ndarray) -> dict[int, list[int]]:

@@ -15,8 +15,8 @@ def write_overview(path: str | Path, sparse_file: str, completed_file: str, refe
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .frames import spacing
-    from .io import read_volume
+    from ..frames import spacing
+    from ..io import read_volume
 
     sparse = read_volume(sparse_file)
     completed = read_volume(completed_file).array > 0

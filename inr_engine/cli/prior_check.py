@@ -8,7 +8,7 @@ segmenter, or the NISF segmenter for each procedure the prior holds; the boundar
 the prior has one). Whatever fails is a :class:`~inr_engine.priors.PriorError` with a one-line
 message, never another exception.
 
-This module imports the methods; :mod:`inr_engine.priors`, which the methods import, does not.
+It builds the methods' networks, so it sits above them, with the command line.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .metadata import SEGMENTATION_TASKS, SHAPE_COMPLETION_TASK, PriorError, error_summary
-from .store import Prior, load_prior
+from ..priors import SEGMENTATION_TASKS, SHAPE_COMPLETION_TASK, Prior, PriorError, error_summary, load_prior
 
 
 def open_prior(name_or_path: str | Path, device: Any = "cpu"):
