@@ -151,8 +151,7 @@ def labelmap_mask(node, label: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One label of a label map volume as a boolean mask; ``label`` 0 means its only label."""
     if node is None or not node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputError("no input label map selected")
-    from inr_engine.shape.complete import input_labels
-    from inr_engine.shape.slices import SliceError
+    from inr_engine.inputs import SliceError, input_labels
 
     array, affine = volume_array(node)
     try:
