@@ -14,6 +14,8 @@ from .intensity import IntensityError, normalize_intensity
 MAX_LABELS = 255
 MAX_LABEL_VALUE = 2**31 - 1  # label values are written back as (at most) 32-bit integers
 MAX_SEGMENT_VOXELS = 256**3
+MESH_SUFFIXES = (".stl", ".ply", ".vtp")  # the surface formats written (LPS, as 3D Slicer reads them)
+MAX_MESH_STEP = 8.0  # mesh sampling in voxels: coarser meshes lose small structures entirely
 
 
 class SliceError(ValueError):

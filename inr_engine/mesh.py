@@ -19,8 +19,8 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
 from .files import atomic_output
 from .frames import ijk_to_ras
+from .inputs import MESH_SUFFIXES
 
-MESH_SUFFIXES = (".stl", ".ply", ".vtp")
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 

@@ -35,21 +35,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .meta import expand_params
-from .training import TrainingSettings, run_training
+from .settings import StrainerSettings, TrainingSettings
+from .training import run_training
 
 DECODER = ("out.weight", "out.bias")  # the decoder of a Siren: its final linear layer
 MIN_SIGNALS = 2
-
-
-@dataclass
-class StrainerSettings:
-    """How the shared encoder is fitted (stored in the prior's metadata)."""
-
-    steps: int = 1000  # joint fitting steps (fewer if time_limit_s runs out first)
-    lr: float = 1e-3  # Adam (the reference's 1e-4 needs its 5000 steps; 1e-3 plateaus within 1000)
-    points_per_signal: int = 1024
-    time_limit_s: float = 75.0
-    seed: int = 0
 
 
 @dataclass

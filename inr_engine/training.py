@@ -29,34 +29,9 @@ import torch.distributed as dist
 from torch import nn
 
 from .meta import MetaLearner, TaskLoss
+from .settings import TrainingDiverged, TrainingSettings
 
 Log = Callable[[dict], None]
-
-
-@dataclass
-class TrainingSettings:
-    """How long and how fast one training stage runs, and how often it reports."""
-
-    steps: int
-    lr: float
-    time_limit_s: float | None = None  # the stage ends at its steps or its time limit, whichever comes first
-    lr_floor: float = 0.05  # the cosine schedule ends at lr * lr_floor (1.0: a constant rate)
-    clip_grad_norm: float | None = None
-    log_every: int = 50  # steps between log entries (and validations, with a validate function)
-
-
-@dataclass
-class MetaTrainingSettings:
-    """A meta-learning stage: outer Adam steps on batches of tasks (the methods' settings extend it)."""
-
-    steps: int = 3000  # outer (meta) steps
-    meta_batch: int = 4  # tasks per step
-    lr: float = 3e-4  # outer Adam learning rate
-    seed: int = 0
-    time_limit_s: float | None = None
-
-    def meta_stage(self, log_every: int) -> TrainingSettings:
-        return TrainingSettings(self.steps, self.lr, self.time_limit_s, clip_grad_norm=1.0, log_every=log_every)
 
 
 @dataclass
@@ -65,10 +40,6 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
-
-
-class TrainingDiverged(FloatingPointError):
-    """A training loss that is NaN or infinite: the run cannot go on."""
 
 
 def distributed_context() -> tuple[int, int]:

@@ -59,12 +59,8 @@ class ReconstructionLogic:
     def start(self, request: ReconstructionRequest) -> FitRun:
         """Check the inputs and start fitting; bad input raises before the scene changes."""
         from inr_engine.decode import labels_on_grid
-        from inr_engine.shape.complete import (
-            MAX_MESH_STEP,
-            check_sparse_labelmap,
-            complete_labelmap,
-            completion_surface,
-        )
+        from inr_engine.inputs import MAX_MESH_STEP
+        from inr_engine.shape.complete import check_sparse_labelmap, complete_labelmap, completion_surface
 
         steps = check_steps(request.steps)
         check_text(request.prior, "the prior")

@@ -83,9 +83,10 @@ def tiny_prior(tmp_path_factory, tiny_cfg):
     from inr_engine.meta import MetaLearner
     from inr_engine.priors import save_prior, write_manifest
     from inr_engine.runtime import seed_everything
+    from inr_engine.settings import TrainingSettings
     from inr_engine.shape.model import OccupancyINR, occupancy_loss, prior_metadata, prior_tensors
     from inr_engine.shape.tasks import draw_meta_batch
-    from inr_engine.training import TrainingSettings, train_meta
+    from inr_engine.training import train_meta
 
     cfg = tiny_cfg
     rng = seed_everything(0)

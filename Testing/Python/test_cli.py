@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +19,7 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
 
 from inr_engine.cli import main
 from inr_engine.cli.running import parse_slices
+from inr_engine.data import SAMPLES_DIR
 from inr_engine.io import LPS_TO_RAS, read_volume
 from inr_engine.meta import MetaLearner
 from inr_engine.metrics import dice
@@ -337,7 +339,7 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["complete"])
     assert info.value.code == 2
-    assert "--output" in capsys.readouterr().err
+    assert "input" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
@@ -417,3 +419,66 @@ def test_demo_end_to_end(tmp_path, capsys):
     res = nib.load(str(out / "completed.nii.gz"))
     assert res.shape == src.shape
     np.testing.assert_array_equal(res.affine, src.affine)
+
+
+def test_help_and_argument_errors_need_no_pytorch(tmp_path):
+    """``--help`` of every command and an argument error answer without importing PyTorch (it takes
+    seconds to import; a batch script calls the program many times)."""
+    code = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from inr_engine.cli import main
+        commands = [[], ["complete"], ["segment"], ["demo"], ["train", "shape"], ["train", "metaseg"],
+                    ["train", "nisf"], ["train", "strainer"], ["train", "refine"], ["priors"]]
+        for command in commands:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main([*command, "--help"])
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.suppress(SystemExit):
+            main(["complete", "x.nii.gz", "--output", "y.nii.gz", "--steps", "-1"])
+        assert "--steps" in err.getvalue(), err.getvalue()
+        assert main(["complete", "{tmp_path}/missing.nii.gz", "--output", "{tmp_path}/y.nii.gz"]) == 2
+        heavy = sorted(m for m in ("torch", "monai", "vtkmodules") if m in sys.modules)
+        assert not heavy, heavy
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_batch_loads_the_prior_once_and_skips_a_bad_input(tmp_path, capsys, monkeypatch):
+    from inr_engine.shape.completer import ShapeCompleter
+
+    loads = []
+    from_prior = ShapeCompleter.from_prior.__func__
+    monkeypatch.setattr(ShapeCompleter, "from_prior", classmethod(lambda cls, *a, **k: loads.append(1) or
+                                                                  from_prior(cls, *a, **k)))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("adrenal_val000_sparse_w8_axis0.nii.gz", "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd"):
+        shutil.copy(SAMPLES_DIR / name, inputs / name)
+    (inputs / "broken.nii.gz").write_text("not a volume")
+    out, report = tmp_path / "out", tmp_path / "batch.json"
+    code = main(["complete", *sorted(str(p) for p in inputs.iterdir()), "--output-dir", str(out), "--mesh-format",
+                 "stl", "--report", str(report), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 of 3 inputs failed" in err and "broken.nii.gz" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adrenal_val000_sparse_w8_axis0_completed.nii.gz", "adrenal_val000_sparse_w8_axis0_completed.stl",
+        "hn_0522c0331_parotid_lt_sparse_axial_every4_completed.nrrd",
+        "hn_0522c0331_parotid_lt_sparse_axial_every4_completed.stl"]
+    summary = json.loads(report.read_text())
+    assert len(summary["inputs"]) == 2 and list(summary["failed"]) == [str(inputs / "broken.nii.gz")]
+    assert len(loads) == 1  # the prior, loaded once for the batch
+    completed = read_volume(out / "hn_0522c0331_parotid_lt_sparse_axial_every4_completed.nrrd")
+    assert completed.shape == read_volume(inputs / "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd").shape
+
+
+@pytest.mark.parametrize("args, message", [
+    (["A.nii.gz", "B.nii.gz", "--output", "x.nii.gz"], "give --output-dir"),
+    (["A.nii.gz", "--output-dir", "out", "--output", "x.nii.gz"], "--output names one file"),
+    (["a/A.nii.gz", "b/A.nii.gz", "--output-dir", "out"], "would both be written"),
+    (["A.nii.gz", "B.nii.gz", "--output-dir", "out", "--reference", "R.nii.gz"], "ground truth of one input"),
+])
+def test_batch_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["complete", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 
 from inr_engine.data import SAMPLES_DIR
 from inr_engine.meta import MetaLearner
+from inr_engine.settings import TrainingSettings
 from inr_engine.shape.model import OccupancyINR, ShapeConfig, occupancy_loss
-from inr_engine.training import TrainingSettings, train_meta
+from inr_engine.training import train_meta
 
 STEPS = 3
 TASKS_PER_RANK = 2
@@ -41,7 +42,8 @@ WORKER = textwrap.dedent(f"""
     from inr_engine.meta import MetaLearner
     from inr_engine.shape.model import OccupancyINR, ShapeConfig, occupancy_loss
     from inr_engine.shape.tasks import collate, sample_task
-    from inr_engine.training import TrainingSettings, distributed_context, train_meta
+    from inr_engine.settings import TrainingSettings
+    from inr_engine.training import distributed_context, train_meta
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])

@@ -14,9 +14,10 @@ from inr_engine.fit import FitStep, fit
 from inr_engine.meta import ALGORITHMS, MetaLearner, batched_forward, expand_params
 from inr_engine.networks import Siren
 from inr_engine.runtime import seed_everything
+from inr_engine.settings import TrainingSettings
 from inr_engine.shape.model import OccupancyINR, occupancy_loss
 from inr_engine.shape.tasks import draw_meta_batch
-from inr_engine.training import TrainingBudget, TrainingSettings, train_meta
+from inr_engine.training import TrainingBudget, train_meta
 
 TASKS, POINTS = 3, 64
 
@@ -359,7 +360,8 @@ def test_learner_resumes_from_its_saved_initialisation(tiny_cfg):
 
 
 def test_a_diverging_training_stops_with_one_line_and_no_update():
-    from inr_engine.training import TrainingDiverged, run_training
+    from inr_engine.settings import TrainingDiverged
+    from inr_engine.training import run_training
 
     model = torch.nn.Linear(2, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}

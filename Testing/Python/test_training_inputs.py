@@ -35,8 +35,9 @@ from inr_engine.datasets import (
 from inr_engine.inputs import equal_neighbours, looks_like_labels
 from inr_engine.io import VolumeError, read_volume
 from inr_engine.segmentation.volume import SegmentationError, prepare_volume
+from inr_engine.settings import ShapeTrainingSettings
 from inr_engine.shape.slices import SliceError
-from inr_engine.shape.training import ShapeTrainingSettings, train_shape_prior
+from inr_engine.shape.training import train_shape_prior
 from inr_engine.streams import TaskStream
 
 SAMPLES = SAMPLES_DIR

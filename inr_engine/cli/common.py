@@ -13,14 +13,18 @@ from ..inputs import SegmentationError, SliceError
 from ..io import VolumeError
 from ..priors import PriorError
 from ..runtime import DeviceError
-from ..training import TrainingDiverged
+from ..settings import TrainingDiverged
 
 USER_ERRORS = (VolumeError, SliceError, SegmentationError, PriorError, GeometryError, OutputError, DeviceError,
-               TrainingDiverged, OSError)
+               TrainingDiverged, OSError)  # and BatchError, below
 
 
 class UsageError(ValueError):
     """A command-line argument that cannot work."""
+
+
+class BatchError(ValueError):
+    """Some inputs of a batch failed (each was reported); the others were written."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -29,6 +33,9 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.status = 128 + signum
+
+
+USER_ERRORS = (*USER_ERRORS, BatchError)
 
 
 def write_json(path: str | Path, data: dict) -> None:

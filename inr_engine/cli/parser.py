@@ -6,9 +6,16 @@ import argparse
 import math
 import typing
 
+from ..inputs import MAX_MESH_STEP
 from ..priors import DEFAULT_PRIORS
 from ..runtime import DeviceError, check_device_name
-from ..shape.complete import MAX_MESH_STEP
+from ..settings import (
+    REFINER_ITERATIONS,
+    MetaSegTrainingSettings,
+    NISFTrainingSettings,
+    ShapeTrainingSettings,
+    StrainerSettings,
+)
 from .priors import run_priors
 from .running import run_complete, run_demo, run_segment
 from .training import run_train_refine, run_train_segmentation, run_train_shape, run_train_strainer
@@ -82,6 +89,13 @@ def _add_run_options(p: argparse.ArgumentParser, report: str, reference: str) ->
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_outputs(p: argparse.ArgumentParser, what: str, suffix: str) -> None:
+    p.add_argument("--output", help=f"{what} (one input)")
+    p.add_argument("--output-dir", help=f"folder for the outputs of every input, named <input name>{suffix} (with "
+                                        "several inputs: the prior is loaded once, a bad input is reported and "
+                                        "skipped, --report covers the batch)")
+
+
 def _add_training_options(p: argparse.ArgumentParser, out: str = "prior file to write (.safetensors)") -> None:
     """What every training takes: --out, --seed, --device, --threads, --description."""
     p.add_argument("--out", required=True, help=out)
@@ -93,9 +107,12 @@ def _add_training_options(p: argparse.ArgumentParser, out: str = "prior file to 
 
 def _add_complete(sub) -> None:
     c = sub.add_parser("complete", help="complete a sparse label map (a few annotated slices) into a 3D shape")
-    c.add_argument("input", help="sparse label map (.nii, .nii.gz, .nrrd): annotated slices, 0 elsewhere")
-    c.add_argument("--output", required=True, help="dense label map on exactly the input's grid")
+    c.add_argument("input", nargs="+",
+                   help="sparse label map(s) (.nii, .nii.gz, .nrrd): annotated slices, 0 elsewhere")
+    _add_outputs(c, "dense label map on exactly the input's grid", "_completed")
     c.add_argument("--mesh", help="surface mesh (.stl, .ply, .vtp; LPS coordinates as 3D Slicer expects)")
+    c.add_argument("--mesh-format", choices=["stl", "ply", "vtp"],
+                   help="with --output-dir: a surface mesh per input, <input name>_completed.<format>")
     c.add_argument("--mesh-step", type=_number(float, 0, inclusive=False, high=MAX_MESH_STEP), default=1.0,
                    help="mesh sampling in voxels (0.5 = twice as fine)")
     c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
@@ -111,8 +128,8 @@ def _add_complete(sub) -> None:
 
 def _add_segment(sub) -> None:
     s = sub.add_parser("segment", help="segment an image with MetaSeg or NISF (the labels are never given)")
-    s.add_argument("input", help="image (.nii, .nii.gz, .nrrd), raw scanner intensities")
-    s.add_argument("--output", required=True, help="label map on exactly the input's grid")
+    s.add_argument("input", nargs="+", help="image(s) (.nii, .nii.gz, .nrrd), raw scanner intensities")
+    _add_outputs(s, "label map on exactly the input's grid", "_segmented")
     s.add_argument("--method", choices=["metaseg", "nisf"], default="metaseg")
     s.add_argument("--prior", help="bundled prior name or prior file (default: the method's hippocampus prior)")
     s.add_argument("--steps", type=step_count,
@@ -139,7 +156,6 @@ def _add_demo(sub) -> None:
 
 
 def _add_train_shape(train) -> None:
-    from ..shape.training import ShapeTrainingSettings
 
     defaults = ShapeTrainingSettings()
     ts = train.add_parser("shape", help="meta-learn a shape-completion prior")
@@ -174,7 +190,6 @@ def _add_train_shape(train) -> None:
 
 
 def _add_train_segmentation(train) -> None:
-    from ..segmentation.training import MetaSegTrainingSettings, NISFTrainingSettings
 
     for method, what, defaults in (
             ("metaseg", "meta-learn a MetaSeg prior (intensity INR + class head)", MetaSegTrainingSettings()),
@@ -203,7 +218,6 @@ def _add_train_segmentation(train) -> None:
 
 
 def _add_train_strainer(train) -> None:
-    from ..strainer import StrainerSettings
 
     defaults = StrainerSettings()
     tst = train.add_parser("strainer", help="build a STRAINER prior from a few cases (about a minute on a CPU)")
@@ -227,7 +241,6 @@ def _add_train_strainer(train) -> None:
 
 
 def _add_train_refine(train) -> None:
-    from ..segmentation.refinement import REFINER_ITERATIONS
 
     tr = train.add_parser("refine", help="add a MORSE-style boundary refiner to a MetaSeg or NISF prior")
     tr.add_argument("--prior", default=DEFAULT_PRIORS["metaseg"],

@@ -13,9 +13,10 @@ from ..data import SAMPLES_DIR
 from ..data import samples as shipped_samples
 from ..files import RunOutputs
 from ..frames import GeometryError
-from ..inputs import SliceError
+from ..inputs import MESH_SUFFIXES, SliceError
 from ..io import VolumeError
-from .common import UsageError, one_run, prior_input, volume_input, volume_output, write_json
+from .batch import Loaded, run_inputs
+from .common import UsageError, prior_input, volume_input, volume_output, write_json
 
 
 def parse_slices(text: str | None) -> dict[int, list[int]] | None:
@@ -36,7 +37,6 @@ def parse_slices(text: str | None) -> dict[int, list[int]] | None:
 
 def _plan_complete(args, run: RunOutputs) -> None:
     """Check ``complete``'s arguments and register its files, before any work."""
-    from ..mesh import MESH_SUFFIXES
 
     parse_slices(args.slices)
     _plan_volume_run(args, run)
@@ -56,33 +56,47 @@ def _plan_volume_run(args, run: RunOutputs) -> None:
         run.add_output("--report", args.report)
 
 
-def _start(args):
-    """(start time, device, the input volume, the reference volume or None), seeded."""
+def _start(args, model: Loaded):
+    """(start time, the model, the input volume, the reference volume or None), seeded. The
+    inputs are read and checked before the model is loaded (the first time)."""
     from ..io import read_volume
-    from ..runtime import resolve_device, seed_everything
+    from ..runtime import seed_everything
 
-    seed_everything(args.seed)
     t_start = time.perf_counter()
-    device = resolve_device(args.device)
     volume = read_volume(args.input)
-    return t_start, device, volume, _reference(args.reference, volume)
+    reference = _reference(args.reference, volume)
+    loaded = model(args)
+    seed_everything(args.seed)
+    return t_start, loaded, volume, reference
+
+
+def _load_completer(args):
+    from ..priors import load_prior
+    from ..runtime import resolve_device
+    from ..shape.completer import ShapeCompleter
+
+    return ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"), resolve_device(args.device))
+
+
+def _load_segmenter(args):
+    from ..runtime import resolve_device
+    from ..segmentation.segment import load_segmenter
+
+    return load_segmenter(args.method, args.prior, resolve_device(args.device), args.procedure, args.fit_weights)
 
 
 # --------------------------------------------------------------------------- complete
 def run_complete(args) -> dict:
-    """Complete a sparse label map file; writes the outputs only when everything succeeded."""
-    return one_run(args, _plan_complete, _complete)
+    """Complete sparse label map files; each input's outputs are written only when all of them succeeded."""
+    return run_inputs(args, "_completed", _plan_complete, _complete, _load_completer)
 
 
-def _complete(args, run: RunOutputs) -> dict:
+def _complete(args, run: RunOutputs, model: Loaded) -> dict:
     from tqdm import tqdm
 
-    from ..priors import load_prior
+    t_start, completer, volume, reference = _start(args, model)  # bad input is refused before the engine loads
     from ..shape.complete import complete_labelmap
-    from ..shape.completer import ShapeCompleter
 
-    t_start, device, volume, reference = _start(args)
-    completer = ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"), device)
     t_loaded = time.perf_counter()
     steps = completer.cfg.default_steps if args.steps is None else args.steps
     bars: dict[int, tqdm] = {}
@@ -102,7 +116,7 @@ def _complete(args, run: RunOutputs) -> dict:
             bar.close()
     report = {"input": str(args.input), "output": str(args.output), "mesh": args.mesh,
               "prior": {"name": completer.prior.name, "path": str(completer.prior.path)},
-              **result.report, "load_seconds": t_loaded - t_start}
+              **result.report, "load_seconds": model.seconds, "read_seconds": t_loaded - t_start - model.seconds}
     if reference is not None:
         report["dice"] = _dice(reference, result.labels)
     _stage_completion(args, run, volume, result, report)
@@ -155,18 +169,18 @@ def _stage_completion(args, run: RunOutputs, volume, result, report) -> None:
 
 # --------------------------------------------------------------------------- segment
 def run_segment(args) -> dict:
-    """Segment an image file with MetaSeg or NISF; writes the outputs only when everything succeeded."""
-    return one_run(args, _plan_volume_run, _segment)
+    """Segment image files with MetaSeg or NISF; each input's outputs are written only when all succeeded."""
+    return run_inputs(args, "_segmented", _plan_volume_run, _segment, _load_segmenter)
 
 
-def _segment(args, run: RunOutputs) -> dict:
+def _segment(args, run: RunOutputs, model: Loaded) -> dict:
     from tqdm import tqdm
 
     from ..io import write_volume
-    from ..segmentation.segment import load_segmenter, segment_image
 
-    t_start, device, volume, reference = _start(args)
-    segmenter = load_segmenter(args.method, args.prior, device, args.procedure, args.fit_weights)
+    t_start, segmenter, volume, reference = _start(args, model)  # bad input is refused before the engine loads
+    from ..segmentation.segment import segment_image
+
     t_loaded = time.perf_counter()
     steps = segmenter.default_steps if args.steps is None else args.steps
     with tqdm(total=steps, desc=f"{args.method}: fitting", unit="step", leave=False, disable=args.quiet) as bar:
@@ -179,7 +193,7 @@ def _segment(args, run: RunOutputs) -> dict:
         print(f"inr-engine segment: warning: {message}", file=sys.stderr)
     report = {"input": str(args.input), "output": str(args.output), "method": args.method, "refine": args.refine,
               "prior": {"name": segmenter.prior.name, "path": str(segmenter.prior.path)},
-              **result.report, "load_seconds": t_loaded - t_start}
+              **result.report, "load_seconds": model.seconds, "read_seconds": t_loaded - t_start - model.seconds}
     if args.method == "nisf":
         report["procedure"], report["fit_weights"] = args.procedure, args.fit_weights
     if reference is not None:
@@ -212,10 +226,10 @@ def run_demo(args) -> dict:
         _plan_complete(completion, run)
         _plan_volume_run(segmentation, run)
         run.add_output("the overview", out / "overview.png")
-        report = _complete(completion, run)
+        report = _complete(completion, run, Loaded(_load_completer))
         write_overview(run.stage(out / "overview.png"), completion.input, str(run.stage(completion.output)),
                        completion.reference, report)
-        seg_report = _segment(segmentation, run)
+        seg_report = _segment(segmentation, run, Loaded(_load_segmenter))
         run.commit()
     print(f"completed {sample['file']} with prior '{sample['prior']}':")
     for lab, d in report["dice"].items():

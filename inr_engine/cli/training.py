@@ -125,7 +125,8 @@ def run_train_shape(args, shapes_from: Callable[[Any], TrainingShapes] = label_f
     data sets' loaders)."""
     from ..priors import sha256
     from ..runtime import resolve_device
-    from ..shape.training import EncoderTrainingSettings, ShapeTrainingSettings, train_shape_prior
+    from ..settings import EncoderTrainingSettings, ShapeTrainingSettings
+    from ..shape.training import train_shape_prior
 
     with RunOutputs() as run:
         training = _Training(args, run, "--init", args.init)
@@ -186,13 +187,9 @@ def run_train_segmentation(args) -> dict:
     from ..datasets import labelled_image_names, labelled_images, seeded_split
     from ..runtime import resolve_device
     from ..segmentation import metaseg, nisf
-    from ..segmentation.training import (
-        MetaSegTrainingSettings,
-        NISFTrainingSettings,
-        train_metaseg_prior,
-        train_nisf_prior,
-    )
+    from ..segmentation.training import train_metaseg_prior, train_nisf_prior
     from ..segmentation.volume import default_class_names
+    from ..settings import MetaSegTrainingSettings, NISFTrainingSettings
 
     config_cls = metaseg.MetaSegConfig if args.method == "metaseg" else nisf.NISFConfig
     with RunOutputs() as run:

@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from ..meta import sub_params
 from ..priors import Prior, PriorError, error_summary, load_prior, save_prior
-from ..training import TrainingSettings, run_training
+from ..settings import REFINER_ITERATIONS, TrainingSettings
+from ..training import run_training
 from . import morse
 from .metaseg import MetaSegSegmenter
 from .nisf import TASK as NISF_TASK
@@ -38,7 +39,6 @@ PREFIX = "refine."
 ROUNDS_PER_SUBJECT = 2  # point selections per training subject
 REFINED_VOXELS = 2048  # voxels re-rendered per volume (MORSE's 8192 points are for 2D slices at 4x upsampling)
 RENDERER_BATCH = 4096  # points per training step of the renderer
-REFINER_ITERATIONS = 800  # training steps of the renderer
 
 
 def refiner_for(segmenter: RefinableSegmenter) -> morse.BoundaryRenderer:

@@ -16,7 +16,8 @@ from torch.func import functional_call
 from .. import strainer
 from ..meta import STRAINER, sub_params
 from ..priors import initialisation_tensors, save_prior
-from ..training import TrainingSettings, run_training
+from ..settings import TrainingSettings
+from ..training import run_training
 from . import metaseg
 from .metaseg import MetaSegConfig, MetaSegINR, MetaSegSegmenter
 from .volume import TrainingVolumes, default_class_names, segmentation_loss

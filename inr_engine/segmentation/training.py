@@ -7,7 +7,7 @@ held-out subjects that benchmarks report on never steer training.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,9 @@ from ..datasets import LabelledImage
 from ..metrics import dice
 from ..priors import load_prior, save_prior
 from ..runtime import seed_everything
+from ..settings import PAPER_STEP_GRID, MetaSegTrainingSettings, NISFTrainingSettings
 from ..training import (
     Log,
-    MetaTrainingSettings,
-    TrainingSettings,
     distributed_context,
     json_logger,
     run_training,
@@ -42,17 +41,6 @@ def segmentation_validation(segmenter: Segmenter, images: list[LabelledImage], n
                                        num_classes) for im in images])
     per_class = scores.mean(0)
     return {"score": float(per_class.mean()), "dice_per_class": [float(d) for d in per_class]}
-
-
-@dataclass
-class MetaSegTrainingSettings(MetaTrainingSettings):
-    """How a MetaSeg prior is meta-trained (what is not in its :class:`~.metaseg.MetaSegConfig`);
-    a task is a subject."""
-
-    validate_every: int = 100
-
-    def stage(self) -> TrainingSettings:
-        return self.meta_stage(log_every=self.validate_every)
 
 
 def train_metaseg_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: metaseg.MetaSegConfig,
@@ -118,7 +106,6 @@ def choose_default_steps(path: str | Path, val: list[LabelledImage], grid=DEFAUL
 
 
 # --------------------------------------------------------------------------- NISF
-PAPER_STEP_GRID = (0, 10, 25, 50, 100, 150, 200, 300, 400)
 
 
 def dice_against_steps(segmenter: Segmenter, images: list[LabelledImage], num_classes: int,
@@ -135,27 +122,6 @@ def dice_against_steps(segmenter: Segmenter, images: list[LabelledImage], num_cl
                 pred = segmenter.labels(volume, st.params)
                 scores[st.step].append(float(np.mean(foreground_dice(pred, im.labels, num_classes))))
     return {s: float(np.mean(v)) for s, v in scores.items()}
-
-
-@dataclass
-class NISFTrainingSettings:
-    """How a NISF prior is trained: the auto-decoder, then the fast procedure's meta-learned stage."""
-
-    steps: int = 3000  # auto-decoder steps
-    batch: int = 8  # subjects per step
-    lr: float = 5e-4  # the network's Adam learning rate (the latents': NISFConfig.latent_lr)
-    latent_steps: int = 300  # meta-learning steps of the fast procedure
-    meta_lr: float = 1e-3
-    seed: int = 0
-    time_limit_s: float | None = None  # of the auto-decoder stage
-    paper_step_grid: tuple[int, ...] = PAPER_STEP_GRID  # step counts the paper procedure chooses from
-
-    def auto_decoder_stage(self) -> TrainingSettings:
-        return TrainingSettings(self.steps, self.lr, self.time_limit_s, log_every=100)
-
-    def meta_stage(self) -> TrainingSettings:
-        return TrainingSettings(self.latent_steps, self.meta_lr, clip_grad_norm=1.0,
-                                log_every=max(self.latent_steps // 4, 25))
 
 
 def train_nisf_prior(train: list[LabelledImage], val: list[LabelledImage], cfg: nisf.NISFConfig, out: str | Path,

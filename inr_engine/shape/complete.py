@@ -21,8 +21,6 @@ from ..mesh import surface_from_logits
 from .case import Case
 from .completer import ShapeCompleter
 
-MAX_MESH_STEP = 8.0  # mesh sampling in voxels: coarser meshes lose small structures entirely
-
 StepCallback = Callable[[int, FitStep, Case], None]  # (label, step, its case) after every fitting step
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,10 @@ from ..datasets import Shape
 from ..meta import STRAINER, MetaLearner
 from ..metrics import dice
 from ..priors import save_prior
+from ..settings import EncoderTrainingSettings, ShapeTrainingSettings
 from ..streams import EchoedBatches, TaskStream
 from ..training import (
     Log,
-    MetaTrainingSettings,
-    TrainingSettings,
     distributed_context,
     json_logger,
     run_training,
@@ -77,37 +76,6 @@ def completion_validation(completer: ShapeCompleter, shapes: list[Shape], settin
     keys = [k for k in out if k.endswith(f"step{max(steps)}")]
     out["score"] = float(np.nanmean([out[k] for k in keys]))
     return out
-
-
-@dataclass
-class EncoderTrainingSettings:
-    """The context encoder's supervised stage, before the meta-learning."""
-
-    steps: int = 3000  # 0 keeps the encoder of the prior training continues from
-    batch: int = 4  # examples per step
-    lr: float = 1e-3
-    time_limit_s: float | None = None
-    echo: int = 1  # each example is used about this many times (data echoing: examples are slow to make)
-
-    def stage(self) -> TrainingSettings:
-        return TrainingSettings(self.steps, self.lr, self.time_limit_s, log_every=50)
-
-
-VALIDATION_PROTOCOLS = (("axial", 8), ("axial", 4))  # (axis or plane, every n-th slice) scored while training
-
-
-@dataclass
-class ShapeTrainingSettings(MetaTrainingSettings):
-    """How a shape-completion prior is meta-trained (what is not in its :class:`ShapeConfig`)."""
-
-    steps: int = 4000
-    meta_batch: int = 8
-    data_workers: int = 1  # threads drawing tasks
-    protocols: tuple[tuple[str, int], ...] = VALIDATION_PROTOCOLS
-    encoder: EncoderTrainingSettings = field(default_factory=EncoderTrainingSettings)
-
-    def stage(self) -> TrainingSettings:
-        return self.meta_stage(log_every=max(self.steps // 12, 50))
 
 
 def train_slice_encoder(train: list[Shape], cfg: ShapeConfig, settings: EncoderTrainingSettings, *, seed: int,
