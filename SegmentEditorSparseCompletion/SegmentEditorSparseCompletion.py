@@ -110,9 +110,12 @@ class SegmentEditorSparseCompletionTest(ModuleTestMixin, ScriptedLoadableModuleT
         groundTruth = slicer.util.loadLabelVolume(str(sample_path(FULL_SAMPLE)))
         segmentEditorWidget, segmentEditorNode, effect = self._activateEffect(segmentationNode, segmentId, labelmap)
         try:
-            effect.onPreview()
+            effect.onPreview()  # returns at once: the completion runs on the worker thread
             previewNode = effect.getPreviewNode()
-            self.assertIsNotNone(previewNode)
+            self.assertIsNotNone(previewNode)  # showing the slices until the completion is ready
+            effect.waitForPreview(120)
+            self.assertIsNotNone(effect.completion.last_result)
+            self.assertIs(effect.getPreviewNode(), previewNode)
             self.assertEqual(previewNode.GetSegmentation().GetNumberOfSegments(), 1)
 
             effect.onApply()
@@ -140,7 +143,8 @@ class SegmentEditorSparseCompletionTest(ModuleTestMixin, ScriptedLoadableModuleT
         slicer.util.updateSegmentBinaryLabelmapFromArray(single, segmentationNode, segmentId, labelmap)
         segmentEditorWidget, segmentEditorNode, effect = self._activateEffect(segmentationNode, segmentId, labelmap)
         try:
-            effect.onPreview()  # reports the error (only logged in testing mode) and leaves no preview
+            effect.onPreview()
+            effect.waitForPreview(120)  # reports the error (only logged in testing mode) and leaves no preview
             self.assertIsNone(effect.getPreviewNode())
         finally:
             self._closeSegmentEditor(segmentEditorWidget, segmentEditorNode)

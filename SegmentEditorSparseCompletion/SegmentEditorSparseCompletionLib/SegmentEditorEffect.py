@@ -1,9 +1,13 @@
 """The "INR completion" Segment Editor effect: paint a few slices, preview the completed 3D shape.
 
-Thin on purpose: the preview, auto-update, Apply and Cancel come from Slicer's auto-complete base
-class, the computation from ``inr_slicer.completion`` (``complete_oriented_labelmap``), which
-MetaShapeReconstruction's logic shares. The effect's module file (``SegmentEditorSparseCompletion.py``,
-loaded first) puts ``inr_slicer`` and ``inr_engine`` on ``sys.path``.
+Thin on purpose: the preview node, auto-update, Apply and Cancel come from Slicer's auto-complete
+base class; the computation is ``inr_slicer.completion.PreviewCompletion`` (Qt-free), which
+completes on the extension's worker thread so that an edit never freezes Slicer. This file only
+wires it to the base class: start it from ``computePreviewLabelmap`` (showing the last preview, or
+the slices, at once), poll it from a ``QTimer``, and put the finished preview into the preview
+node on the main thread. A new edit cancels the completion of the previous one. The effect's
+module file (``SegmentEditorSparseCompletion.py``, loaded first) puts ``inr_slicer`` and
+``inr_engine`` on ``sys.path``.
 """
 
 import logging
@@ -18,6 +22,7 @@ from slicer.i18n import tr as _
 PRIOR = "Prior"  # a bundled prior's name or a prior file; "" = the default shape prior
 STEPS = "Steps"  # fitting steps; 0 = the prior's default
 DEVICE = "Device"  # auto, cpu or cuda
+POLL_INTERVAL_MS = 50
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
@@ -33,8 +38,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         # The completed shape reaches past the outermost annotated slices (by up to the largest gap
         # between slices), so the preview grid grows by the annotations' extent on each side, not 10%.
         self.extentGrowthRatio = 1.0
-        self.completers = {}  # (prior, device) -> loaded completer
+        self.completion = None  # inr_slicer.completion.PreviewCompletion, made on the first preview
         self.dependenciesReady = False
+        self.shownProgress = None
+        self.show3DPending = False  # "Show 3D" asked while a completion runs: the surface comes with its result
+        # Hands the worker thread's result to the main thread (as the modules' run panels do).
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
+        self.pollTimer.connect("timeout()", self.pollPreview)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -58,7 +69,9 @@ coronal slices of the volume can be mixed (slice views rotated away from the vol
 Leave the slices in between empty.</li>
 <li>Click <b>Initialize</b> to preview the completed 3D shape of every visible segment.</li>
 <li>Edit the slices (paint, erase, add slices): the preview updates automatically while <b>Auto-update</b>
-is checked, or click <b>Update</b>.</li>
+is checked, or click <b>Update</b>. The completion runs in the background: Slicer stays responsive, the
+previous preview stays shown until the new one is ready, and a new edit cancels the completion of the
+previous one.</li>
 <li><b>Apply</b> replaces the segments by the preview; <b>Cancel</b> discards it.</li>
 </ul></p>
 <p><b>Shape prior</b>: the kind of structure the completion expects. <b>Fitting steps</b>: how long the prior is
@@ -147,7 +160,8 @@ settings are honored when the result is applied.</p>"""
 
     def onPreview(self):
         # Replaces the base class's handler (Initialize/Update button and auto-update timer) to install
-        # the dependencies first and to report errors as a message rather than a traceback.
+        # the dependencies first and to report errors as a message rather than a traceback. Only the
+        # preview's set-up runs here: the completion itself runs on the worker thread (pollPreview).
         if self.previewComputationInProgress:
             return
         self.previewComputationInProgress = True
@@ -161,7 +175,7 @@ settings are honored when the result is applied.</p>"""
                 slicer.util.errorDisplay(_("Nothing to complete: paint the structure on a few slices first."),
                                          windowTitle=_("INR completion"))
         except Exception as error:
-            self.previewFailed(error, traceback.format_exc())
+            self.previewFailed(error, "" if self.isUserError(error) else traceback.format_exc())
         finally:
             self.previewComputationInProgress = False
 
@@ -173,15 +187,18 @@ settings are honored when the result is applied.</p>"""
             self.dependenciesReady = bool(ensure_dependencies())
         return self.dependenciesReady
 
-    def previewFailed(self, error, details):
+    def previewFailed(self, error, details="", logged=False):
+        """Report a preview that failed (``details``: a traceback, for errors that are not the user's, not
+        ``logged`` yet); a first preview that never showed a completion is removed."""
         previewNode = self.getPreviewNode()
-        if previewNode is not None and previewNode.GetSegmentation().GetNumberOfSegments() == 0:
-            self.reset()  # a failed first preview leaves no empty preview behind
+        if previewNode is not None and (self.completion is None or self.completion.last_result is None):
+            self.reset()  # a failed first preview leaves no preview of the bare slices behind
         message = _("The segments could not be completed:") + f"\n\n{error}"
-        if self.isUserError(error):
+        if not details:
             slicer.util.errorDisplay(message, windowTitle=_("INR completion"))
         else:
-            logging.error(details)
+            if not logged:
+                logging.error(details)
             slicer.util.errorDisplay(message, windowTitle=_("INR completion"), detailedText=details)
 
     @staticmethod
@@ -194,21 +211,123 @@ settings are honored when the result is applied.</p>"""
             return isinstance(error, ValueError)
         return isinstance(error, (ValueError, DependencyError))
 
+    def previewCompletion(self):
+        if self.completion is None:
+            from inr_slicer.completion import PreviewCompletion
+
+            self.completion = PreviewCompletion()
+        return self.completion
+
     def computePreviewLabelmap(self, mergedImage, outputLabelmap):
-        from inr_slicer.completion import complete_oriented_labelmap
+        # Called by the base class's preview() on the main thread: start the completion on the worker
+        # thread (cancelling the previous edit's) and show the last preview, or the slices, meanwhile.
+        completion = self.previewCompletion()
+        completion.start(mergedImage, self.onPreviewReady, self.onPreviewFailed,
+                         prior=self.scriptedEffect.parameter(PRIOR),
+                         device=self.scriptedEffect.parameter(DEVICE) or "auto",
+                         steps=self.scriptedEffect.integerParameter(STEPS))
+        completion.provisional(mergedImage, outputLabelmap)
+        self.shownProgress = None
+        self.pollTimer.start()
 
-        steps = self.scriptedEffect.integerParameter(STEPS)
-        complete_oriented_labelmap(mergedImage, outputLabelmap, self.completer(), steps or None)
+    def pollPreview(self):
+        """Main thread, from the timer: deliver a finished preview (onPreviewReady) or failure."""
+        completion = self.completion
+        if completion is None or not completion.poll():
+            self.pollTimer.stop()
+            return
+        progress = completion.progress
+        if progress.total > 0 and progress.step != self.shownProgress:
+            self.shownProgress = progress.step
+            slicer.util.showStatusMessage(_("INR completion: {progress}").format(progress=progress.describe()), 2000)
 
-    def completer(self):
-        """The completer of the chosen prior and device, loaded once."""
-        from inr_slicer.completion import load_completer
+    def waitForPreview(self, timeout=None):
+        """Wait until the preview being computed is shown (scripts and tests; Apply does it too)."""
+        if self.completion is not None and self.completion.busy:
+            with slicer.util.WaitCursor():
+                self.completion.wait(timeout)
+        self.pollTimer.stop()
 
-        key = (self.scriptedEffect.parameter(PRIOR), self.scriptedEffect.parameter(DEVICE) or "auto")
-        if key not in self.completers:
-            self.completers[key] = load_completer(*key)
-        return self.completers[key]
+    def onPreviewReady(self, outputLabelmap):
+        """The completed labels arrived (main thread): show them in the preview segments, as the base
+        class's preview() does with the label map computePreviewLabelmap fills."""
+        previewNode = self.getPreviewNode()
+        if previewNode is None or self.selectedSegmentIds is None:
+            return
+        import vtkSegmentationCorePython as vtkSegmentationCore
+
+        show3D = self.getPreviewShow3D()
+        previewNode.RemoveClosedSurfaceRepresentation()  # rebuilt from the new labels if shown
+        segmentation = previewNode.GetSegmentation()
+        labelmapName = vtkSegmentationCore.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        for index in range(self.selectedSegmentIds.GetNumberOfValues()):
+            segmentID = self.selectedSegmentIds.GetValue(index)
+            previewSegment = segmentation.GetSegment(segmentID)
+            if previewSegment is None:
+                continue
+            labelValue = index + 1
+            previewSegment.AddRepresentation(labelmapName, outputLabelmap)
+            previewSegment.SetLabelValue(labelValue)
+            previewNode.GetDisplayNode().SetSegmentVisibility3D(
+                segmentID, not self.isBackgroundLabelmap(outputLabelmap, labelValue))
+        self.show3DPending = False
+        AbstractScriptedSegmentEditorAutoCompleteEffect.setPreviewShow3D(self, show3D)
+        slicer.util.showStatusMessage(_("INR completion: preview updated."), 2000)
+
+    def onPreviewFailed(self, failure):
+        """A completion failed (main thread): one line, with the traceback as details if unexpected."""
+        self.pollTimer.stop()  # this run is over; no polling from inside the message box
+        self.previewFailed(failure.message, "" if failure.expected else failure.details, logged=True)
+        self.showPending3D()  # the preview kept (an earlier completion) gets its surface
+
+    def setPreviewShow3D(self, show):
+        # While a completion runs, the preview holds the last preview (or the slices) and Slicer would build
+        # its surface on the main thread now and again when the completion arrives: build it once, then.
+        if show and self.completion is not None and self.completion.busy and self.getPreviewNode() is not None:
+            self.show3DPending = True
+            wasBlocked = self.previewShow3DButton.blockSignals(True)
+            self.previewShow3DButton.checked = True
+            self.previewShow3DButton.blockSignals(wasBlocked)
+            return
+        self.show3DPending = False
+        AbstractScriptedSegmentEditorAutoCompleteEffect.setPreviewShow3D(self, show)
+
+    def getPreviewShow3D(self):
+        if self.show3DPending and self.getPreviewNode() is not None:
+            return True
+        return AbstractScriptedSegmentEditorAutoCompleteEffect.getPreviewShow3D(self)
+
+    def showPending3D(self):
+        """Build the surface that was put off (the completion was cancelled or failed: show what is there)."""
+        if self.show3DPending and self.getPreviewNode() is not None:
+            self.show3DPending = False
+            AbstractScriptedSegmentEditorAutoCompleteEffect.setPreviewShow3D(self, True)
+
+    def onSegmentationModified(self, caller, event):
+        # An edit: once the base class schedules an update, the running completion is stale, cancel it now
+        # (its result must never be shown) rather than when the update starts.
+        AbstractScriptedSegmentEditorAutoCompleteEffect.onSegmentationModified(self, caller, event)
+        if self.completion is not None and self.delayedAutoUpdateTimer.isActive():
+            self.completion.cancel()
+
+    def onApply(self):
+        self.waitForPreview()  # apply the completion of the last edit, not the preview shown meanwhile
+        if self.getPreviewNode() is None:  # it failed, and there was no earlier preview
+            return
+        self.showPending3D()  # the segments get a surface if the preview shows one
+        AbstractScriptedSegmentEditorAutoCompleteEffect.onApply(self)
+
+    def reset(self):
+        # Cancel, Apply, a rebuilt preview grid: the completion under way (if any) is for a preview that is gone.
+        if self.completion is not None:
+            self.completion.reset()
+        self.pollTimer.stop()
+        self.show3DPending = False
+        AbstractScriptedSegmentEditorAutoCompleteEffect.reset(self)
 
     def cleanup(self):
+        self.pollTimer.stop()
+        self.pollTimer.disconnect("timeout()", self.pollPreview)
+        if self.completion is not None:
+            self.completion.unload()
         AbstractScriptedSegmentEditorAutoCompleteEffect.cleanup(self)
-        self.completers.clear()

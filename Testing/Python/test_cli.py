@@ -457,7 +457,7 @@ def test_a_batch_loads_the_prior_once_and_skips_a_bad_input(tmp_path, capsys, mo
     (inputs / "broken.nii.gz").write_text("not a volume")
     out, report = tmp_path / "out", tmp_path / "batch.json"
     code = main(["complete", *sorted(str(p) for p in inputs.iterdir()), "--output-dir", str(out), "--mesh-format",
-                 "stl", "--report", str(report), "--quiet"])
+                 "stl", "--report", str(report), "--prior", "adrenal", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "1 of 3 inputs failed" in err and "broken.nii.gz" in err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -482,3 +482,14 @@ def test_batch_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypat
     assert main(["complete", *args]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_prior_is_chosen_for_each_input(tmp_path):
+    """``--prior auto``: the adrenal prior for a small structure on an isotropic grid, the
+    head-and-neck prior for a scan with 2.5 mm slices; each loaded once in a batch."""
+    inputs = [SAMPLES_DIR / "adrenal_val000_sparse_w8_axis0.nii.gz",
+              SAMPLES_DIR / "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd"]
+    report = tmp_path / "batch.json"
+    assert main(["complete", *map(str, inputs), "--output-dir", str(tmp_path), "--report", str(report), "--quiet"]) == 0
+    chosen = {Path(k).name: v["prior"]["name"] for k, v in json.loads(report.read_text())["inputs"].items()}
+    assert chosen == {inputs[0].name: "adrenal", inputs[1].name: "head-neck-organs"}

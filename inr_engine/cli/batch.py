@@ -18,27 +18,32 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
 
 
 class Loaded:
-    """The model of a command (a completer, a segmenter), loaded the first time an input needs it
-    (after that input was read and checked) and kept for the rest of the batch."""
+    """The models of a command (completers, segmenters) by prior, each loaded the first time an
+    input needs it (after that input was read and checked) and kept for the rest of the batch.
 
-    def __init__(self, load: Callable[[argparse.Namespace], Any]):
-        self.load, self.value, self.seconds = load, None, 0.0
+    ``which(args, volume)`` names the prior an input needs (``--prior``, or the one chosen for it);
+    ``load(args, prior)`` loads it.
+    """
 
-    def __call__(self, args: argparse.Namespace):
-        if self.value is None:
+    def __init__(self, which: Callable[[argparse.Namespace, Any], str],
+                 load: Callable[[argparse.Namespace, str], Any]):
+        self.which, self.load, self.models, self.seconds = which, load, {}, 0.0
+
+    def __call__(self, args: argparse.Namespace, volume):
+        prior = self.which(args, volume)
+        if prior not in self.models:
             start = time.perf_counter()
-            self.value = self.load(args)
-            self.seconds = time.perf_counter() - start
-        return self.value
+            self.models[prior] = self.load(args, prior)
+            self.seconds += time.perf_counter() - start
+        return self.models[prior]
 
 
 Work = Callable[[argparse.Namespace, RunOutputs, Loaded], dict]
 
 
-def run_inputs(args: argparse.Namespace, suffix: str, plan, work: Work, load) -> dict:
-    """``work`` on every input of ``args`` with one :class:`Loaded` model; one input without
+def run_inputs(args: argparse.Namespace, suffix: str, plan, work: Work, model: Loaded) -> dict:
+    """``work`` on every input of ``args`` with the models of ``model``; one input without
     ``--output-dir`` is a plain run. Outputs in ``--output-dir`` are named ``<input stem><suffix>``."""
-    model = Loaded(load)
     items = batch_items(args, suffix)
     if args.output_dir is None:
         return one_run(items[0], plan, lambda item, run: work(item, run, model))

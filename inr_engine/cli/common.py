@@ -52,10 +52,10 @@ def volume_input(run: RunOutputs, option: str, path: str | None) -> None:
 def prior_input(run: RunOutputs, option: str, name_or_path: str | None) -> None:
     """A prior the run reads (a bundled name, or a file) and the manifest beside it, whose
     checksum it checks: no output may overwrite either."""
-    from ..priors import MANIFEST, resolve
+    from ..priors import AUTO, DEFAULT_PRIORS, MANIFEST, SCAN_SHAPE_PRIOR, resolve
 
-    if name_or_path is not None:
-        path = resolve(name_or_path)
+    names = [DEFAULT_PRIORS["shape_completion"], SCAN_SHAPE_PRIOR] if name_or_path == AUTO else [name_or_path]
+    for path in [resolve(name) for name in names if name is not None]:
         run.add_input(option, path)
         if (path.parent / MANIFEST).is_file():
             run.add_input(f"the manifest of {option}", path.parent / MANIFEST)

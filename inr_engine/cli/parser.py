@@ -7,7 +7,8 @@ import math
 import typing
 
 from ..inputs import MAX_MESH_STEP
-from ..priors import DEFAULT_PRIORS
+from ..priors import AUTO, DEFAULT_PRIORS, SCAN_SHAPE_PRIOR
+from ..priors.metadata import LARGE_STRUCTURE_MM
 from ..runtime import DeviceError, check_device_name
 from ..settings import (
     REFINER_ITERATIONS,
@@ -115,8 +116,11 @@ def _add_complete(sub) -> None:
                    help="with --output-dir: a surface mesh per input, <input name>_completed.<format>")
     c.add_argument("--mesh-step", type=_number(float, 0, inclusive=False, high=MAX_MESH_STEP), default=1.0,
                    help="mesh sampling in voxels (0.5 = twice as fine)")
-    c.add_argument("--prior", default=DEFAULT_PRIORS["shape_completion"],
-                   help=f"bundled prior name or prior file (default: {DEFAULT_PRIORS['shape_completion']})")
+    c.add_argument("--prior", default=AUTO,
+                   help=f"bundled prior name, prior file, or {AUTO} (the default): "
+                        f"{DEFAULT_PRIORS['shape_completion']} for small structures on isotropic grids, "
+                        f"{SCAN_SHAPE_PRIOR} for anisotropic scans or "
+                        f"structures over {LARGE_STRUCTURE_MM:g} mm")
     c.add_argument("--steps", type=step_count,
                    help="fitting steps on the annotated slices (default: the prior's)")
     c.add_argument("--label", type=positive_int, help="complete only this label (default: every label)")

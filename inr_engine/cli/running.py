@@ -65,30 +65,50 @@ def _start(args, model: Loaded):
     t_start = time.perf_counter()
     volume = read_volume(args.input)
     reference = _reference(args.reference, volume)
-    loaded = model(args)
+    loaded = model(args, volume)
     seed_everything(args.seed)
     return t_start, loaded, volume, reference
 
 
-def _load_completer(args):
+def shape_prior_for(args, volume) -> str:
+    """``--prior``, or with ``--prior auto`` the bundled prior chosen for this input's grid and structure."""
+    from ..frames import foreground_box, spacing
+    from ..priors import AUTO, default_shape_prior
+
+    if args.prior != AUTO:
+        return args.prior
+    box = foreground_box(volume.array != 0) or tuple(slice(0, n) for n in volume.shape)
+    extent = [(b.stop - b.start) * s for b, s in zip(box, spacing(volume.affine))]
+    return default_shape_prior(spacing(volume.affine), extent)
+
+
+def _load_completer(args, prior: str):
     from ..priors import load_prior
     from ..runtime import resolve_device
     from ..shape.completer import ShapeCompleter
 
-    return ShapeCompleter.from_prior(load_prior(args.prior, task="shape_completion"), resolve_device(args.device))
+    return ShapeCompleter.from_prior(load_prior(prior, task="shape_completion"), resolve_device(args.device))
 
 
-def _load_segmenter(args):
+def _load_segmenter(args, prior: str | None):
     from ..runtime import resolve_device
     from ..segmentation.segment import load_segmenter
 
-    return load_segmenter(args.method, args.prior, resolve_device(args.device), args.procedure, args.fit_weights)
+    return load_segmenter(args.method, prior, resolve_device(args.device), args.procedure, args.fit_weights)
+
+
+def completers() -> Loaded:
+    return Loaded(shape_prior_for, _load_completer)
+
+
+def segmenters() -> Loaded:
+    return Loaded(lambda args, _volume: args.prior, _load_segmenter)
 
 
 # --------------------------------------------------------------------------- complete
 def run_complete(args) -> dict:
     """Complete sparse label map files; each input's outputs are written only when all of them succeeded."""
-    return run_inputs(args, "_completed", _plan_complete, _complete, _load_completer)
+    return run_inputs(args, "_completed", _plan_complete, _complete, completers())
 
 
 def _complete(args, run: RunOutputs, model: Loaded) -> dict:
@@ -170,7 +190,7 @@ def _stage_completion(args, run: RunOutputs, volume, result, report) -> None:
 # --------------------------------------------------------------------------- segment
 def run_segment(args) -> dict:
     """Segment image files with MetaSeg or NISF; each input's outputs are written only when all succeeded."""
-    return run_inputs(args, "_segmented", _plan_volume_run, _segment, _load_segmenter)
+    return run_inputs(args, "_segmented", _plan_volume_run, _segment, segmenters())
 
 
 def _segment(args, run: RunOutputs, model: Loaded) -> dict:
@@ -226,10 +246,10 @@ def run_demo(args) -> dict:
         _plan_complete(completion, run)
         _plan_volume_run(segmentation, run)
         run.add_output("the overview", out / "overview.png")
-        report = _complete(completion, run, Loaded(_load_completer))
+        report = _complete(completion, run, completers())
         write_overview(run.stage(out / "overview.png"), completion.input, str(run.stage(completion.output)),
                        completion.reference, report)
-        seg_report = _segment(segmentation, run, Loaded(_load_segmenter))
+        seg_report = _segment(segmentation, run, segmenters())
         run.commit()
     print(f"completed {sample['file']} with prior '{sample['prior']}':")
     for lab, d in report["dice"].items():

@@ -5,15 +5,18 @@ holds. Opening a prior completely (building its networks) is :mod:`inr_engine.cl
 """
 
 from .metadata import (
+    AUTO,
     CONFIG_VALUES,
     DEFAULT_PRIORS,
     KNOWN_TASKS,
     LOAD_ADVICE,
+    SCAN_SHAPE_PRIOR,
     SEGMENTATION_TASKS,
     SHAPE_COMPLETION_TASK,
     PriorError,
     check_metadata,
     config_value_problem,
+    default_shape_prior,
     error_summary,
     typed_config,
 )
@@ -38,9 +41,10 @@ from .store import (
 )
 
 __all__ = [
-    "BUNDLED_DIR", "CONFIG_VALUES", "DEFAULT_PRIORS", "EDITABLE_METADATA", "KNOWN_TASKS", "LOAD_ADVICE", "MANIFEST",
-    "PRIOR_FORMAT", "PRIOR_FORMAT_VERSION", "SEGMENTATION_TASKS", "SHAPE_COMPLETION_TASK", "Prior", "PriorError",
-    "build_network", "bundled_priors", "check_metadata", "config_value_problem", "error_summary",
-    "initialisation_tensors", "load_prior", "prior_config", "read_metadata", "resolve", "save_prior", "set_metadata",
-    "sha256", "typed_config", "write_manifest",
+    "AUTO", "BUNDLED_DIR", "CONFIG_VALUES", "DEFAULT_PRIORS", "EDITABLE_METADATA", "KNOWN_TASKS", "LOAD_ADVICE",
+    "MANIFEST", "PRIOR_FORMAT", "PRIOR_FORMAT_VERSION", "SCAN_SHAPE_PRIOR", "SEGMENTATION_TASKS",
+    "SHAPE_COMPLETION_TASK", "Prior", "PriorError", "build_network", "bundled_priors", "check_metadata",
+    "config_value_problem", "default_shape_prior", "error_summary", "initialisation_tensors", "load_prior",
+    "prior_config", "read_metadata", "resolve", "save_prior", "set_metadata", "sha256", "typed_config",
+    "write_manifest",
 ]

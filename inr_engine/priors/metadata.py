@@ -16,6 +16,22 @@ from typing import Any
 SHAPE_COMPLETION_TASK = "shape_completion"
 SEGMENTATION_TASKS = {"metaseg": "segmentation/metaseg", "nisf": "segmentation/nisf"}  # method -> task
 DEFAULT_PRIORS = {"shape_completion": "adrenal", "metaseg": "hippocampus-metaseg", "nisf": "hippocampus-nisf"}
+AUTO = "auto"  # shape completion: the bundled prior chosen for the input (default_shape_prior)
+SCAN_SHAPE_PRIOR = "head-neck-organs"  # for anisotropic scans and large structures
+LARGE_STRUCTURE_MM = 64.0  # the default prior's training crops: 64^3 voxels of 1 mm
+
+
+def default_shape_prior(spacing, extent_mm) -> str:
+    """The bundled shape prior for an input that names none: ``adrenal`` (trained on small
+    structures on isotropic 1 mm grids) unless the grid is anisotropic (slices at least 1.5 times
+    coarser than the in-plane pixels, as in most CT and MR scans) or the annotated structure is
+    larger than :data:`LARGE_STRUCTURE_MM` along some axis; there ``head-neck-organs`` (trained on
+    2.5 mm CT slices of 18 organs, its context encoder on a 2 mm grid) is as accurate and much faster.
+    """
+    spacing, extent_mm = [float(s) for s in spacing], [float(e) for e in extent_mm]
+    if max(spacing) >= 1.5 * min(spacing) or max(extent_mm) > LARGE_STRUCTURE_MM:
+        return SCAN_SHAPE_PRIOR
+    return DEFAULT_PRIORS["shape_completion"]
 KNOWN_TASKS = (SHAPE_COMPLETION_TASK, *SEGMENTATION_TASKS.values())
 
 

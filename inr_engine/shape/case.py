@@ -4,6 +4,7 @@ points the fit sees (the annotated slices' voxels and held-out pseudo-labels).""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,9 +169,11 @@ def _check_given_slices(sparse: np.ndarray, slices: dict[int, list[int]]) -> dic
 
 
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
-                 rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None) -> Case:
+                 rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None,
+                 check: Callable[[], None] | None = None) -> Case:
     """Find the annotated slices (unless given), build the evidence (with ``encoder``'s context
-    when the prior has one), region, frame and context.
+    when the prior has one), region, frame and context. ``check()``, if given, is called between
+    the phases: it may raise to stop a preparation nobody waits for any more (a superseded preview).
 
     The context the fit sees is half annotated voxels with the full evidence (the annotations
     must be honoured) and half with each slice held out (see :func:`_held_out_features`).
@@ -196,10 +199,14 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     grid = None if encoder is None else EvidenceGrid(roi_lo, roi_hi, spc, cfg.encoder_pitch_mm, encoder.grid_multiple)
     offset, end = _crop_box(fg_lo, fg_hi, roi_lo, roi_hi, slices, spc, sparse.shape, grid)
     crop = sparse[tuple(slice(a, b) for a, b in zip(offset, end))]
+    check = check or (lambda: None)
+    check()
     evidence = SliceEvidence(crop, {a: [i - int(offset[a]) for i in idx] for a, idx in slices.items()}, spc)
+    check()
     lo, hi = roi_lo - offset, roi_hi - offset  # in the crop, until the case is made
     if encoder is not None:
         evidence = EncodedEvidence(evidence, encoder, lo, hi, cfg.encoder_pitch_mm)
+        check()
     centre = ijk_to_ras((fg_lo + fg_hi - 1) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
     rng = np.random.default_rng(0) if rng is None else rng

@@ -41,11 +41,12 @@ def check_sparse_labelmap(array: np.ndarray, affine: np.ndarray) -> list[int]:
 def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCompleter, steps: int | None = None,
                       label: int | None = None, slices: dict[int, list[int]] | None = None,
                       mesh_step: float | None = None, on_step: StepCallback | None = None,
-                      prepared: dict[int, Case] | None = None) -> Completion:
+                      prepared: dict[int, Case] | None = None, check: Callable[[], None] | None = None) -> Completion:
     """Complete each label of ``array`` (or only ``label``) and, if ``mesh_step``, mesh it.
 
     Overlaps between labels go to the label with the highest logit. ``prepared`` holds cases a
     caller already made with ``completer.prepare`` (e.g. to check the input early), by label.
+    ``check()`` is called between the phases of preparing each label (see :func:`~.case.prepare_case`).
     """
     labels = check_sparse_labelmap(array, affine)
     if label is not None:
@@ -58,7 +59,7 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     result = Completion(out, report={"labels": {}, "steps": steps, "device": str(completer.device),
                                      "torch_threads": torch.get_num_threads()})
     for lab in labels:
-        case = (prepared or {}).get(lab) or completer.prepare(array == lab, affine, slices)
+        case = (prepared or {}).get(lab) or completer.prepare(array == lab, affine, slices, check)
         fitted = _fit_label(case, completer, steps, on_step, lab)
         box = tuple(slice(int(a), int(a) + n) for a, n in zip(fitted.lo, fitted.logits.shape))
         win = fitted.logits > best[box]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -65,8 +65,9 @@ class ShapeCompleter:
         completer.prior = prior
         return completer
 
-    def prepare(self, sparse: np.ndarray, affine: np.ndarray, slices: dict[int, list[int]] | None = None) -> Case:
-        return prepare_case(sparse, affine, self.cfg, slices, encoder=self.encoder)
+    def prepare(self, sparse: np.ndarray, affine: np.ndarray, slices: dict[int, list[int]] | None = None,
+                check: Callable[[], None] | None = None) -> Case:
+        return prepare_case(sparse, affine, self.cfg, slices, encoder=self.encoder, check=check)
 
     def fit(self, case: Case, steps: int | None = None) -> Iterator[FitStep]:
         """Fit to the annotated slices; yields after each step (``steps=0`` yields nothing)."""

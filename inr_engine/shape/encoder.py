@@ -80,17 +80,37 @@ class EvidenceGrid:
         feats = evidence.features(self.points()).reshape(*self.dims, NUM_FEATURES)
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(feats, -1, 0)))
 
+    def features_between(self, evidence: SliceEvidence, base: torch.Tensor, axis: int, low: float,
+                         high: float) -> torch.Tensor:
+        """``base`` (this grid's features of other evidence) with the points whose voxel coordinate
+        along ``axis`` lies in ``[low, high)`` computed from ``evidence``: what changes when a slice
+        is left out, without recomputing the rest of the grid."""
+        along = self.lo[axis] + np.arange(self.dims[axis]) * self.step[axis]
+        picked = np.flatnonzero((along >= low) & (along < high))
+        out = base.clone()
+        if len(picked):
+            axes = [np.arange(d, dtype=np.float64) for d in self.dims]
+            axes[axis] = picked.astype(np.float64)
+            idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+            feats = evidence.features(self.lo + idx * self.step)
+            shape = [*self.dims]
+            shape[axis] = len(picked)
+            index = [slice(None)] * 4
+            index[axis + 1] = torch.from_numpy(picked)
+            out[tuple(index)] = torch.from_numpy(np.moveaxis(feats.reshape(*shape, NUM_FEATURES), -1, 0).copy())
+        return out
+
     def sample(self, values: np.ndarray, ijk: np.ndarray) -> np.ndarray:
         """Trilinear samples of ``values`` (on this grid) at voxel positions ``ijk`` (N, 3)."""
         local = ((np.asarray(ijk, np.float64) - self.lo) / self.step).T
         return ndimage.map_coordinates(values, local, order=1, mode="nearest")
 
 
-def encoder_logits(encoder: SliceEncoder, evidence: SliceEvidence, grid: EvidenceGrid) -> np.ndarray:
-    """The encoder's logits on ``grid`` (float32, grid dims)."""
+def encoder_logits(encoder: SliceEncoder, features: torch.Tensor) -> np.ndarray:
+    """The encoder's logits (float32, grid dims) from the evidence on its grid (:meth:`EvidenceGrid.features`)."""
     device = next(encoder.parameters()).device
     with torch.no_grad():
-        out = encoder(grid.features(evidence)[None].to(device))[0]
+        out = encoder(features[None].to(device))[0]
     return out.float().cpu().numpy()
 
 
@@ -108,7 +128,8 @@ class EncodedEvidence:
         self.box = (np.asarray(lo), np.asarray(hi))
         self.pitch_mm = pitch_mm
         self.grid = EvidenceGrid(lo, hi, evidence.spacing, pitch_mm, encoder.grid_multiple)
-        self.logits = encoder_logits(encoder, evidence, self.grid)
+        self.grid_features = self.grid.features(evidence)
+        self.logits = encoder_logits(encoder, self.grid_features)
 
     num_features = NUM_FEATURES + 1
 
@@ -139,5 +160,9 @@ class EncodedEvidence:
     def without(self, axis: int, n: int) -> EncodedEvidence:
         other = copy.copy(self)
         other.base = self.base.without(axis, n)
-        other.logits = encoder_logits(self.encoder, other.base, self.grid)
+        positions = self.base.axes[axis].positions  # leaving slice n out changes the evidence from slice n - 2
+        low = positions[n - 2] if n >= 2 else -np.inf  # (its next-but-one neighbour) to slice n + 2
+        high = positions[n + 2] if n + 2 < len(positions) else np.inf
+        other.grid_features = self.grid.features_between(other.base, self.grid_features, axis, low, high)
+        other.logits = encoder_logits(self.encoder, other.grid_features)
         return other
