@@ -18,7 +18,7 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK
+from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK, shape_prior_for
 
 from . import worker
 from .nodes import InputError, array_to_matrix, check_steps, check_text, matrix_to_array
@@ -165,8 +165,10 @@ class PreviewCompletion:
         """Complete every label of ``merged`` (``vtkOrientedImageData``) on the worker thread; 0 or None
         steps are the prior's default."""
         steps = check_steps(steps or 0) or None
-        key = (check_text(prior, "the prior"), check_text(device, "the device") or "auto")
+        check_text(prior, "the prior")
         grid = OrientedLabels.copy_of(merged)
+        key = (shape_prior_for(grid.voxels.transpose(2, 1, 0), grid.affine, prior),
+               check_text(device, "the device") or "auto")
         self.cancel()
 
         def job(run: FitRun):

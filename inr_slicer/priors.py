@@ -6,7 +6,14 @@ The defaults and the tasks are the engine's (:data:`inr_engine.priors.DEFAULT_PR
 
 from __future__ import annotations
 
-from inr_engine.priors import DEFAULT_PRIORS, SEGMENTATION_TASKS, SHAPE_COMPLETION_TASK, bundled_priors
+from inr_engine.priors import (
+    AUTO,
+    DEFAULT_PRIORS,
+    SCAN_SHAPE_PRIOR,
+    SEGMENTATION_TASKS,
+    SHAPE_COMPLETION_TASK,
+    bundled_priors,
+)
 
 # Method (as DEFAULT_PRIORS names it: shape completion by its task's name) -> the task of its priors.
 METHOD_TASKS = {SHAPE_COMPLETION_TASK: SHAPE_COMPLETION_TASK, **SEGMENTATION_TASKS}
@@ -14,10 +21,14 @@ METHOD_TASKS = {SHAPE_COMPLETION_TASK: SHAPE_COMPLETION_TASK, **SEGMENTATION_TAS
 
 def described_prior_choices(method: str) -> list[tuple[str, str]]:
     """(name, description) of the bundled priors ``method`` can use ("shape_completion", "metaseg"
-    or "nisf"), its default first, then by name."""
+    or "nisf"), its default first (for shape completion ``auto``), then by name."""
     entries = bundled_priors(METHOD_TASKS[method])
     names = sorted(sorted(entries), key=lambda name: name != DEFAULT_PRIORS[method])
-    return [(name, entries[name].get("description", name)) for name in names]
+    choices = [(name, entries[name].get("description", name)) for name in names]
+    if method == SHAPE_COMPLETION_TASK:  # the default: a bundled prior chosen for each input
+        choices.insert(0, (AUTO, f"chosen for the input: {DEFAULT_PRIORS[method]} for small structures on isotropic "
+                                 f"grids, {SCAN_SHAPE_PRIOR} for anisotropic scans or large structures"))
+    return choices
 
 
 def prior_choices(method: str) -> list[str]:

@@ -34,7 +34,7 @@ class ReconstructionRequest:
     input: object  # vtkMRMLSegmentationNode (with ``segment_id``) or vtkMRMLLabelMapVolumeNode
     segment_id: str = ""  # the segment to complete (segmentation input)
     label: int = 0  # the label to complete (label map input); 0 = its only label
-    prior: str = ""  # a bundled prior's name or a prior file; "" = the default shape prior
+    prior: str = ""  # a bundled prior's name or a prior file; "" = chosen for the input (priors.shape_prior_for)
     steps: int = 0  # fitting steps; 0 = the prior's default
     device: str = "auto"
     model_step: float = 0.5  # model sampling in voxels (0.5 = twice as fine as the voxels); 0 = no model
@@ -60,6 +60,7 @@ class ReconstructionLogic:
         """Check the inputs and start fitting; bad input raises before the scene changes."""
         from inr_engine.decode import labels_on_grid
         from inr_engine.inputs import MAX_MESH_STEP
+        from inr_engine.priors import shape_prior_for
         from inr_engine.shape.complete import check_sparse_labelmap, complete_labelmap, completion_surface
 
         steps = check_steps(request.steps)
@@ -74,7 +75,7 @@ class ReconstructionLogic:
         check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
-        completer = load_completer(request.prior, request.device)
+        completer = load_completer(shape_prior_for(shape.mask, shape.affine, request.prior), request.device)
         case = completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
         steps = steps or completer.cfg.default_steps
         transform = request.input.GetTransformNodeID()

@@ -672,3 +672,19 @@ def test_set_metadata_accepts_good_values_and_the_prior_still_verifies(tmp_path)
 
 def test_known_tasks():
     assert set(KNOWN_TASKS) == {TASK, METASEG_TASK, NISF_TASK}
+
+
+def test_the_shape_prior_is_chosen_for_the_input():
+    from inr_engine.priors import AUTO, shape_prior_for
+    from inr_slicer.priors import prior_choices
+
+    small = np.zeros((64, 64, 64), np.uint8)
+    small[20:40, 20:40, 20:40:4] = 1
+    assert shape_prior_for(small, np.eye(4)) == "adrenal"  # 20 mm, 1 mm isotropic
+    assert shape_prior_for(small, np.diag([1.0, 1.0, 2.5, 1.0])) == "head-neck-organs"  # 2.5 mm slices
+    large = np.zeros((100, 100, 40), np.uint8)
+    large[5:95, 10:60, 0:40:4] = 1
+    assert shape_prior_for(large, np.eye(4)) == "head-neck-organs"  # 90 mm
+    assert shape_prior_for(large, np.eye(4), "adrenal") == "adrenal"  # a named prior is kept
+    assert shape_prior_for(small, np.eye(4), "") == shape_prior_for(small, np.eye(4), AUTO)
+    assert prior_choices("shape_completion")[:1] == [AUTO]  # the Slicer modules' default entry

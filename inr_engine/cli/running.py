@@ -72,14 +72,9 @@ def _start(args, model: Loaded):
 
 def shape_prior_for(args, volume) -> str:
     """``--prior``, or with ``--prior auto`` the bundled prior chosen for this input's grid and structure."""
-    from ..frames import foreground_box, spacing
-    from ..priors import AUTO, default_shape_prior
+    from ..priors import shape_prior_for as chosen
 
-    if args.prior != AUTO:
-        return args.prior
-    box = foreground_box(volume.array != 0) or tuple(slice(0, n) for n in volume.shape)
-    extent = [(b.stop - b.start) * s for b, s in zip(box, spacing(volume.affine))]
-    return default_shape_prior(spacing(volume.affine), extent)
+    return chosen(volume.array, volume.affine, args.prior)
 
 
 def _load_completer(args, prior: str):

@@ -37,6 +37,7 @@ from .store import (
     save_prior,
     set_metadata,
     sha256,
+    shape_prior_for,
     write_manifest,
 )
 
@@ -45,6 +46,6 @@ __all__ = [
     "MANIFEST", "PRIOR_FORMAT", "PRIOR_FORMAT_VERSION", "SCAN_SHAPE_PRIOR", "SEGMENTATION_TASKS",
     "SHAPE_COMPLETION_TASK", "Prior", "PriorError", "build_network", "bundled_priors", "check_metadata",
     "config_value_problem", "default_shape_prior", "error_summary", "initialisation_tensors", "load_prior",
-    "prior_config", "read_metadata", "resolve", "save_prior", "set_metadata", "sha256", "typed_config",
-    "write_manifest",
+    "prior_config", "read_metadata", "resolve", "save_prior", "set_metadata", "sha256", "shape_prior_for",
+    "typed_config", "write_manifest",
 ]

@@ -21,10 +21,12 @@ from ..data import PRIORS_DIR
 from ..files import RunOutputs, atomic_output
 from ..frames import FRAME_CONVENTION
 from .metadata import (
+    AUTO,
     LOAD_ADVICE,
     PriorError,
     check_metadata,
     classes_problem,
+    default_shape_prior,
     error_summary,
     is_int,
     shown,
@@ -184,6 +186,21 @@ def resolve(name_or_path: str | Path) -> Path:
     names = ", ".join(sorted(bundled)) or "none"
     raise PriorError(f"no prior {str(name_or_path)!r}: not a file, and not a bundled prior ({names})")
 
+
+
+def shape_prior_for(array, affine, prior: str = AUTO) -> str:
+    """``prior``, or for ``""`` or ``auto`` the bundled shape prior chosen for this sparse label map
+    (:func:`~.metadata.default_shape_prior`: from its grid's spacing and its annotation's extent)."""
+    import numpy as np
+
+    from ..frames import foreground_box, spacing
+
+    if prior not in ("", AUTO):
+        return prior
+    array = np.asarray(array)
+    box = foreground_box(array != 0) or tuple(slice(0, n) for n in array.shape)
+    steps = spacing(affine)
+    return default_shape_prior(steps, [(b.stop - b.start) * s for b, s in zip(box, steps)])
 
 def prior_config(prior: Prior, task: str, config_cls: type, method: str):
     """The prior's configuration as ``config_cls``, after checking its metadata, task and coordinate frame.
