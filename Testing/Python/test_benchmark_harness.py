@@ -16,11 +16,11 @@ import benchmarks
 from benchmarks import harness
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-BENCHMARKS = ["live_update", "morse_inr", "morse_unet", "segmentation", "shape_completion", "strainer",
+BENCHMARKS = ["live_update", "morse_inr", "morse_unet", "real_size", "segmentation", "shape_completion", "strainer",
               "unet_baseline"]
 NEEDS_SLICER = {"live_update"}
 RESULTS = {"live_update": "live_update", "morse_inr": "hippocampus", "morse_unet": "hippocampus",
-           "segmentation": "hippocampus", "shape_completion": "", "strainer": "strainer",
+           "real_size": "real_size", "segmentation": "hippocampus", "shape_completion": "", "strainer": "strainer",
            "unet_baseline": "hippocampus"}
 
 
