@@ -254,12 +254,10 @@ settings are honored when the result is applied.</p>"""
         previewNode = self.getPreviewNode()
         if previewNode is None or self.selectedSegmentIds is None:
             return
-        import vtkSegmentationCorePython as vtkSegmentationCore
-
         show3D = self.getPreviewShow3D()
         previewNode.RemoveClosedSurfaceRepresentation()  # rebuilt from the new labels if shown
         segmentation = previewNode.GetSegmentation()
-        labelmapName = vtkSegmentationCore.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
         for index in range(self.selectedSegmentIds.GetNumberOfValues()):
             segmentID = self.selectedSegmentIds.GetValue(index)
             previewSegment = segmentation.GetSegment(segmentID)
