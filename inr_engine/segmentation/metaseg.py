@@ -26,7 +26,7 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import ALGORITHMS, STRAINER, MetaLearner, sub_params
-from ..networks import Siren
+from ..networks import Siren, SirenFitGradient, dense, folded_sine_layers, sine_stack_inference
 from ..priors import (
     SEGMENTATION_TASKS,
     Prior,
@@ -158,11 +158,12 @@ class MetaSegSegmenter:
         generator = torch.Generator().manual_seed(seed)
         use_all = len(coords) <= self.cfg.fit_points
 
-        def loss(params):
+        gradient = SirenFitGradient(self.model.siren, "siren.")
+
+        def loss(params):  # the intensity MSE and its gradient, computed by hand (networks.SirenFitGradient)
             pick = (slice(None) if use_all
                     else torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device))
-            out = functional_call(self.model.siren, sub_params(params, "siren."), (coords[pick],))
-            return (out[..., 0] - intensity[pick]).pow(2).mean()
+            return gradient(params, coords[pick], intensity[pick])
 
         siren_init = {k: v for k, v in self.init.items() if k in self.step_sizes}
         if self.cfg.decoder_init == "least_squares":
@@ -187,12 +188,24 @@ class MetaSegSegmenter:
 
     def labels(self, volume: SegVolume, params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         """The label map on the volume's grid (uint8 class indices)."""
-        params = self.init if params is None else params
+        return predict_labels(self.logit_function(self.init if params is None else params), volume,
+                              self.cfg.hidden_features)
 
-        def logits(coords):
-            return functional_call(self.model, params, (coords.to(self.device),))[..., 1:]
+    def logit_function(self, params: dict[str, torch.Tensor]):
+        """Points (n, 3) -> class logits (n, classes), without autograd: the SIREN's features (omega_0
+        folded into its weights, activations in place) read by the class head."""
+        with torch.no_grad():
+            layers = [(w.contiguous(), b) for w, b in folded_sine_layers(self.model.siren, params, "siren.")]
+        first, first_bias, second, second_bias = (params[k] for k in ("head.0.weight", "head.0.bias",
+                                                                      "head.2.weight", "head.2.bias"))
+        slope = self.model.head[1].negative_slope
 
-        return predict_labels(logits, volume, self.cfg.hidden_features)
+        def logits(coords: torch.Tensor) -> torch.Tensor:
+            features = sine_stack_inference(coords.to(self.device), layers)
+            hidden = torch.nn.functional.leaky_relu_(dense(features, first, first_bias), slope)
+            return dense(hidden, second, second_bias)
+
+        return logits
 
 
 def _check_shapes(prior: Prior, model: nn.Module, init, sizes) -> None:

@@ -35,7 +35,7 @@ from ..fit import FitStep, fit
 from ..frames import FRAME_CONVENTION
 from ..intensity import IntensityReference
 from ..meta import MetaLearner
-from ..networks import GaborResMLP
+from ..networks import GaborFolded, GaborResMLP, dense, folded_gabor_trunk, gabor_trunk, gabor_trunk_inference
 from ..priors import SEGMENTATION_TASKS, Prior, PriorError, build_network, prior_config
 from .volume import SegVolume, TrainingVolumes, predict_labels, prepare_volume, segmentation_loss
 
@@ -217,14 +217,21 @@ class NISFSegmenter:
         use_all = len(coords) <= self.cfg.fit_points
         start = {**self.weights, "latent": self.initial_latent(seed)}
         adapted = set(self.step_sizes) if self.procedure == "fast" else {"latent"}
-        fitted = {k: v for k, v in start.items() if k in adapted or self.fit_weights}
+        # the segmentation head gets no gradient from the intensities: it is never fitted
+        fitted = {k: v for k, v in start.items()
+                  if (k in adapted or self.fit_weights) and not k.startswith("segmentation.")}
         fixed = {k: v for k, v in start.items() if k not in fitted}
 
         def loss(params):
             pick = (slice(None) if use_all
                     else torch.randint(len(coords), (self.cfg.fit_points,), generator=generator).to(self.device))
-            out = functional_call(self.model, {**fixed, **params}, (coords[pick],))
-            return reconstruction_loss(out, intensity[pick])
+            if self.procedure == "fast":  # the folded network (intensity_logit): the same function, faster
+                return F.binary_cross_entropy_with_logits(self.intensity_logit(coords[pick], {**fixed, **params}),
+                                                          intensity[pick])
+            # the paper's hundreds of Adam steps keep the module's own arithmetic, so that float32
+            # rounding differences cannot grow over them
+            return reconstruction_loss(functional_call(self.model, {**fixed, **params}, (coords[pick],)),
+                                       intensity[pick])
 
         if self.procedure == "fast":
             sizes, meta_steps, lr = self.step_sizes, self.cfg.inner_steps, self.cfg.adam_lr
@@ -235,11 +242,34 @@ class NISFSegmenter:
 
     def labels(self, volume: SegVolume, params: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         params = {**self.weights, "latent": self.initial_latent()} if params is None else params
+        return predict_labels(self.logit_function(params), volume, self.cfg.hidden_features)
 
-        def logits(coords):
-            return functional_call(self.model, params, (coords.to(self.device),))[..., 1:]
+    def folded_trunk(self, params: dict[str, torch.Tensor]) -> list[GaborFolded]:
+        """The Gabor trunk's layers with omega_0 and sigma_0 folded in (``networks.folded_gabor_trunk``)
+        and the latent folded into the input layer's biases: it is the same at every point, so its
+        part of the input layer is a constant. The input layer then reads the 3 coordinates only."""
+        layers = folded_gabor_trunk(self.model.backbone, params, "backbone.")
+        freq_w, freq_b, scale_w, scale_b = layers[0]
+        latent = params["latent"]
+        layers[0] = (freq_w[:, :3], freq_b + freq_w[:, 3:] @ latent, scale_w[:, :3], scale_b + scale_w[:, 3:] @ latent)
+        return layers
 
-        return predict_labels(logits, volume, 2 * self.cfg.hidden_features)
+    def intensity_logit(self, coords: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's intensity logit at ``coords`` (n, 3) (differentiable): ``model``, evaluated
+        through :meth:`folded_trunk`, the same function."""
+        features = gabor_trunk(coords, self.folded_trunk(params))
+        return torch.addmm(params["intensity.bias"], features, params["intensity.weight"].t())[:, 0]
+
+    def logit_function(self, params: dict[str, torch.Tensor]):
+        """Points (n, 3) -> class logits (n, classes), without autograd (:meth:`folded_trunk`, in place)."""
+        with torch.no_grad():
+            layers = [tuple(t.contiguous() for t in layer) for layer in self.folded_trunk(params)]
+        weight, bias = params["segmentation.weight"], params["segmentation.bias"]
+
+        def logits(coords: torch.Tensor) -> torch.Tensor:
+            return dense(gabor_trunk_inference(coords.to(self.device), layers), weight, bias)
+
+        return logits
 
 
 def prior_tensors(paper: dict[str, torch.Tensor], learner: MetaLearner) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..decode import chunk_size
+from ..decode import decode_chunk
 from ..frames import NormalizedFrame, grid_ijk, ijk_to_ras
 from ..inputs import SegmentationError, check_image
 from ..intensity import IntensityReference
@@ -83,11 +83,13 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return ce + dice.mean(-1)
 
 
-def predict_labels(logit_fn: Callable[[torch.Tensor], torch.Tensor], volume: SegVolume, width: int) -> np.ndarray:
-    """Arg-max labels of every voxel, evaluated in chunks within the decoder's memory budget."""
-    chunk = chunk_size(bytes_per_point=4 * 8 * width)
+def predict_labels(logit_fn: Callable[[torch.Tensor], torch.Tensor], volume: SegVolume, width: int,
+                   chunk: int | None = None) -> np.ndarray:
+    """Arg-max labels of every voxel, evaluated in chunks of ``chunk`` points (default: sized so that a
+    chunk's activations, ``width`` features wide, stay in the CPU's cache)."""
+    chunk = chunk or decode_chunk(width)
     out = np.empty(len(volume.coords), np.uint8)
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(volume.coords), chunk):
             out[start:start + chunk] = logit_fn(volume.coords[start:start + chunk]).argmax(-1).cpu().numpy()
     return out.reshape(volume.shape)
