@@ -54,17 +54,13 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
             raise SliceError(f"label {label} is not in the input (labels present: {labels})")
         labels = [label]
     steps = completer.cfg.default_steps if steps is None else steps
-    best = np.zeros(array.shape, np.float32)
-    out = np.zeros(array.shape, _label_dtype(array, max(labels)))
-    result = Completion(out, report={"labels": {}, "steps": steps, "device": str(completer.device),
-                                     "torch_threads": torch.get_num_threads()})
+    result = Completion(np.zeros(array.shape, _label_dtype(array, max(labels))),
+                        report={"labels": {}, "steps": steps, "device": str(completer.device),
+                                "torch_threads": torch.get_num_threads()})
+    fitted_labels = {}
     for lab in labels:
         case = (prepared or {}).get(lab) or completer.prepare(array == lab, affine, slices, check)
-        fitted = _fit_label(case, completer, steps, on_step, lab)
-        box = tuple(slice(int(a), int(a) + n) for a, n in zip(fitted.lo, fitted.logits.shape))
-        win = fitted.logits > best[box]
-        best[box] = np.where(win, fitted.logits, best[box])
-        out[box] = np.where(win, lab, out[box])
+        fitted = fitted_labels[lab] = _fit_label(case, completer, steps, on_step, lab)
         if mesh_step is not None:
             t0 = time.perf_counter()
             result.surfaces[lab] = completion_surface(completer, fitted.case, fitted.params, mesh_step,
@@ -72,8 +68,9 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
             fitted.report["phases"]["mesh"] = time.perf_counter() - t0
         fitted.report["phases"]["total"] = sum(fitted.report["phases"].values())
         result.report["labels"][str(lab)] = fitted.report
-    for lab in labels:  # after all labels: overlaps went to the highest logit
-        result.report["labels"][str(lab)]["voxels"] = int((out == lab).sum())
+    voxels = _merge_labels(result.labels, fitted_labels)
+    for lab in labels:
+        result.report["labels"][str(lab)]["voxels"] = voxels[lab]
     return result
 
 
@@ -104,6 +101,20 @@ def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
     if np.issubdtype(array.dtype, np.integer):
         return array.dtype
     return np.min_scalar_type(largest)
+
+
+def _merge_labels(out: np.ndarray, fitted: dict[int, _FittedLabel]) -> dict[int, int]:
+    """Write each label's positive logits into ``out``, overlaps to the highest logit; returns the
+    voxels of each label. Only the union of the labels' regions is touched (no full-grid array)."""
+    lo = np.min([f.lo for f in fitted.values()], axis=0).astype(int)
+    hi = np.max([f.lo + f.logits.shape for f in fitted.values()], axis=0).astype(int)
+    best, labels = np.zeros(hi - lo, np.float32), out[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))]
+    for lab, f in fitted.items():
+        box = tuple(slice(int(a - b), int(a - b) + n) for a, b, n in zip(f.lo, lo, f.logits.shape))
+        win = f.logits > best[box]
+        best[box] = np.where(win, f.logits, best[box])
+        labels[box] = np.where(win, lab, labels[box])
+    return {lab: int(np.count_nonzero(labels == lab)) for lab in fitted}
 
 
 def _fit_label(case, completer, steps, on_step, lab) -> _FittedLabel:
