@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from inr_engine.frames import foreground_box
+
 MARGIN_VOXELS = 8
 ALL_AXES = -1
 
@@ -66,12 +68,9 @@ def fill_between_slices(sparse: np.ndarray, axis: int = ALL_AXES, margin: int = 
     if axis not in (ALL_AXES, 0, 1, 2):
         raise ValueError(f"axis must be 0, 1, 2 or -1, got {axis}")
     out = np.zeros(sparse.shape, bool)
-    if not sparse.any():
+    box = foreground_box(sparse, margin)  # three reductions: np.argwhere took 0.4 s on a 512x512x176 CT grid
+    if box is None:
         return out
-    fg = np.argwhere(sparse)
-    lo = np.maximum(fg.min(0) - margin, 0)
-    hi = np.minimum(fg.max(0) + 1 + margin, sparse.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
     crop = sparse[box].astype(np.uint8)
     interpolator = _interpolator()
     interpolator.SetInputData(_to_vtk(crop))
