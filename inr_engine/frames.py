@@ -40,8 +40,14 @@ def validate_affine(affine: np.ndarray) -> np.ndarray:
 
 
 def spacing(affine: np.ndarray) -> np.ndarray:
-    """Voxel spacing in mm along i, j, k (column norms of the linear part)."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    """Voxel spacing in mm along i, j, k (column norms of the linear part), to a nanometre.
+
+    The rounding drops the last bits a geometry picks up on its way through other software
+    (Slicer's IJK-to-RAS matrices differ from the file's by 1e-16): grids sized from the spacing
+    (the encoder's, the crops') would otherwise gain or lose a row when a size is a whole number of
+    steps, and the same annotation would complete differently in Slicer and on the command line.
+    """
+    return np.round(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0), 9)
 
 
 def ijk_to_ras(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:

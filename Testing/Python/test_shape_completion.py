@@ -517,3 +517,15 @@ def test_a_structure_costs_its_own_size_not_its_scans(prior, sparse_file):
     assert roomy_total == huge_total == roomy.sum()  # nothing outside the input's own extent either
     assert {a: [i - 40 for i in v] for a, v in roomy_report["slices"].items()} == \
            {a: [i - 160 for i in v] for a, v in huge_report["slices"].items()}
+
+
+def test_a_geometry_rounded_elsewhere_completes_the_same():
+    """Slicer's IJK-to-RAS matrix of a file differs from the file's affine by about 1e-16; grids sized
+    from the spacing must not gain a row from it (the web page and the CLI gave different labels)."""
+    volume = read_volume(SAMPLES_DIR / "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd")
+    completer = ShapeCompleter.from_prior(load_prior("head-neck-organs"), torch.device("cpu"))
+    noisy = volume.affine.copy()
+    noisy[:3, :3] *= 1 + 4e-16
+    assert not np.array_equal(spacing(volume.affine) * (1 + 4e-16), spacing(volume.affine))  # a real perturbation
+    plain = complete_labelmap(volume.array, volume.affine, completer).labels
+    assert np.array_equal(complete_labelmap(volume.array, noisy, completer).labels, plain)
