@@ -1,7 +1,7 @@
 """INR Segmentation: segment a volume by fitting a meta-learned implicit neural representation
 (MetaSeg or NISF) to it, with the segmentation updated after every fitting step.
 
-This file is the GUI only. The work is done by ``INRSegmentationLib.SegmentationLogic`` (MRML in
+This file is the GUI only. The work is done by ``inr_slicer.segmentation`` (MRML in
 and out, no Qt) on the engine ``inr_engine`` (PyTorch); ``inr_slicer.modulewidget`` holds the widget
 life cycle the extension's modules share (its run panel follows a run, ``inr_slicer.dependencies``
 installs PyTorch and the other packages on first Apply). Nothing here imports PyTorch, so the
@@ -127,7 +127,7 @@ class INRSegmentationWidget(ModuleWidget):
         ModuleWidget.setup(self)  # the template's: Resources/UI/INRSegmentation.ui in self.ui
 
         # The logic imports the engine (and PyTorch) only when a run starts.
-        from INRSegmentationLib.SegmentationLogic import SegmentationLogic
+        from inr_slicer.segmentation import SegmentationLogic
 
         self.logic = SegmentationLogic(slicer.mrmlScene)
         self.setupRun(failureMessage=_("Segmentation failed."), startFailureMessage=_("Segmentation could not start."),
@@ -174,7 +174,7 @@ class INRSegmentationWidget(ModuleWidget):
 
     # ------------------------------------------------------------------ run
     def _buildRequest(self):
-        from INRSegmentationLib.SegmentationLogic import SegmentationRequest
+        from inr_slicer.segmentation import SegmentationRequest
 
         parameters = self._parameterNode
         return SegmentationRequest(
@@ -203,7 +203,7 @@ class INRSegmentationTest(ModuleTestMixin, ScriptedLoadableModuleTest):
 
     def test_segment_hippocampus(self):
         self._requireDependencies()
-        from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
+        from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest
 
         self.delayDisplay("Segmenting the hippocampus sample")
         volume = slicer.util.loadVolume(str(sample_path("hippocampus_004_image.nii.gz")))
@@ -223,7 +223,7 @@ class INRSegmentationTest(ModuleTestMixin, ScriptedLoadableModuleTest):
 
     def test_cancel_leaves_scene_unchanged(self):
         self._requireDependencies()
-        from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
+        from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest
 
         self.delayDisplay("Cancelling a segmentation right after its start")
         volume = slicer.util.loadVolume(str(sample_path("hippocampus_004_image.nii.gz")))

@@ -1,7 +1,7 @@
 """Meta Shape Reconstruction: complete a 3D shape from a few annotated slices with a meta-learned
 implicit shape prior, with the segment and a smooth surface model updated after every fitting step.
 
-This file is the GUI only. The work is done by ``MetaShapeReconstructionLib.ReconstructionLogic``
+This file is the GUI only. The work is done by ``inr_slicer.reconstruction``
 (MRML in and out, no Qt) on the engine ``inr_engine`` (PyTorch); ``inr_slicer.modulewidget`` holds
 the widget life cycle the extension's modules share (its run panel follows a run,
 ``inr_slicer.dependencies`` installs PyTorch and the other packages on first Apply). Nothing here
@@ -114,7 +114,7 @@ class MetaShapeReconstructionWidget(ModuleWidget):
         ModuleWidget.setup(self)  # the template's: Resources/UI/MetaShapeReconstruction.ui in self.ui
 
         # The logic imports the engine (and PyTorch) only when a run starts.
-        from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic
+        from inr_slicer.reconstruction import ReconstructionLogic
 
         self.logic = ReconstructionLogic(slicer.mrmlScene)
         self.setupRun(failureMessage=_("Shape completion failed."),
@@ -189,7 +189,7 @@ class MetaShapeReconstructionWidget(ModuleWidget):
 
     # ------------------------------------------------------------------ run
     def _buildRequest(self):
-        from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionRequest
+        from inr_slicer.reconstruction import ReconstructionRequest
 
         parameters = self._parameterNode
         useSegmentation = parameters.inputSegmentation is not None
@@ -236,7 +236,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
 
     def test_complete_labelmap(self):
         self._requireDependencies()
-        from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+        from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Completing the sparse adrenal label map")
         labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
@@ -247,7 +247,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
 
     def test_complete_segment(self):
         self._requireDependencies()
-        from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+        from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Completing a segment drawn on three slices")
         labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))
@@ -265,7 +265,7 @@ class MetaShapeReconstructionTest(ModuleTestMixin, ScriptedLoadableModuleTest):
 
     def test_cancel_leaves_scene_unchanged(self):
         self._requireDependencies()
-        from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+        from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
 
         self.delayDisplay("Cancelling a completion right after its start")
         labelmap = slicer.util.loadLabelVolume(str(sample_path(SPARSE_SAMPLE)))

@@ -91,10 +91,9 @@ def segmentation_updates(updates: int) -> dict:
 
 def completion_run(steps: int) -> dict:
     """A real completion run on 128^3; every live update it makes is timed on the main thread."""
-    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
-
     from inr_engine.shape.slices import sparsify
     from inr_slicer.nodes import array_to_matrix
+    from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
 
     full = read_volume(SAMPLES_DIR / "adrenal_val000_full.nii.gz")
     mask = resample_labels((full.array > 0).astype(np.uint8)) > 0

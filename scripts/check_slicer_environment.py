@@ -60,12 +60,12 @@ def main() -> None:
     import numpy as np
     import slicer
     import torch
-    from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
-    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
 
     from inr_engine.data import SAMPLES_DIR, samples
     from inr_slicer.completion import complete_oriented_labelmap, load_completer
     from inr_slicer.nodes import array_to_matrix, labelmap_mask, oriented_image_array, segment_mask, volume_array
+    from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
+    from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     image = next(s for s in samples() if s.get("demo") and s["kind"] == "image")

@@ -23,11 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
-from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest  # noqa: E402
-from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from inr_engine.data import SAMPLES_DIR  # noqa: E402
+from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest  # noqa: E402
+from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest  # noqa: E402
 
 
 def load(scene, filename: str, node_class: str):

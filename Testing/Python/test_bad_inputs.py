@@ -343,8 +343,8 @@ def scene():
 
 @pytest.mark.parametrize("name, logic, message", [pytest.param(f, lg, m, id=i) for i, f, lg, m in LOGIC_CASES])
 def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic, message):
-    from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
-    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+    from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
+    from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest
 
     array, affine = _raw_volume(ws / name)
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "earlier output")
@@ -378,7 +378,7 @@ def test_logic_bad_input_same_as_cli(ws, capsys, scene, tiny_prior, name, logic,
     ("prior", 123, "must be text"), ("device", None, "must be text"), ("model_step", "0.5", "model step"),
 ])
 def test_logic_request_fields_are_checked_before_the_run(ws, scene, tiny_prior, field, value, message):
-    from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest
+    from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest
 
     array, affine = _raw_volume(ws / "sparse.nii.gz")
     node = _volume_node(scene, array, affine, labelmap=True)
@@ -393,7 +393,7 @@ def test_logic_request_fields_are_checked_before_the_run(ws, scene, tiny_prior, 
 
 
 def test_segmentation_logic_checks_its_output_node(ws, scene):
-    from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest
+    from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest
 
     array, affine = _raw_volume(ws / "image.nii.gz")
     volume = _volume_node(scene, array, affine)

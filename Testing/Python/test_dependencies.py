@@ -2,8 +2,8 @@
 
 Two worlds, each checked both ways (nothing imported is undeclared, nothing declared is unused):
 
-* Slicer: the modules' logic (``INRSegmentationLib``, ``MetaShapeReconstructionLib``) and
-  ``inr_slicer`` (whose ``completion`` is the Segment Editor effect's logic), followed through
+* Slicer: the modules' logic (``inr_slicer.segmentation``, ``inr_slicer.reconstruction``) and the
+  rest of ``inr_slicer`` (whose ``completion`` is the Segment Editor effect's logic), followed through
   ``inr_engine``. What they import beyond what Slicer provides must be exactly
   ``inr_slicer/requirements.txt``, which the modules pip-install on first Apply.
 * The engine and its CLI: every ``inr_engine`` module. What they import must be exactly
@@ -38,7 +38,7 @@ SLICER_BUNDLED = {"numpy", "vtk", "vtkmodules", "SimpleITK", "slicer", "qt", "ct
 SLICER_APP = {"SegmentEditorEffects", "qSlicerSegmentationsEditorEffectsPythonQt", "PyTorchUtils"}
 
 # The Slicer-side logic: no Qt, runs on the slicer-core wheel.
-SLICER_LOGIC = ["INRSegmentationLib.SegmentationLogic", "MetaShapeReconstructionLib.ReconstructionLogic",
+SLICER_LOGIC = ["inr_slicer.segmentation", "inr_slicer.reconstruction",
                 "inr_slicer", "inr_slicer.completion", "inr_slicer.nodes", "inr_slicer.outputs", "inr_slicer.priors",
                 "inr_slicer.worker"]
 # Everything else Slicer loads: module classes and widgets, the effect, the dependency installer.

@@ -1,7 +1,7 @@
-"""INRSegmentation's logic: a volume node in, a live-updated segmentation node out.
+"""The INRSegmentation module's logic: a volume node in, a live-updated segmentation node out.
 
-No widgets and no Qt: the module's widget, the in-Slicer test and the pytest suite (on the
-``slicer-core`` wheel) all drive this class the same way. PyTorch is imported only when a run
+No widgets and no Qt: the module's widget, the in-Slicer test, the web front end and the pytest
+suite (on the ``slicer-core`` wheel) all drive this class the same way. PyTorch is imported only when a run
 starts, so the module can show its choices before PyTorch is installed.
 """
 

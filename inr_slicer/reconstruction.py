@@ -1,7 +1,7 @@
-"""MetaShapeReconstruction's logic: a few annotated slices in, a completed segment and a smooth
+"""The MetaShapeReconstruction module's logic: a few annotated slices in, a completed segment and a smooth
 model out, both updated live while the occupancy INR is fitted.
 
-No widgets and no Qt (see INRSegmentationLib.SegmentationLogic). PyTorch is imported only when
+No widgets and no Qt (see ``inr_slicer.segmentation``). PyTorch is imported only when
 a run starts. Loading a completer is ``inr_slicer.completion``'s, which the Segment Editor effect
 shares.
 """
