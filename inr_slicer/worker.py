@@ -87,6 +87,8 @@ class FitRun:
         self._preview_shown = threading.Event()
         self._preview_shown.set()
         self._next_preview = 0.0  # time.monotonic() from which a new preview is worth its cost
+        self._next_show = 0.0  # time.monotonic() from which showing a preview may block the main thread again
+        self._held_preview: Any = None  # a preview waiting for _next_show
         self.state = RunState.QUEUED
         self.progress = Progress()
         self.result: Any = None
@@ -122,16 +124,33 @@ class FitRun:
         if self.state.done:
             return False
         try:
-            if preview is not None and final is None and self._on_preview is not None:
-                self._on_preview(preview)
-            self._preview_shown.set()
             if final is not None:
+                self._held_preview = None
+                self._preview_shown.set()
                 self._finish(*final)
+            else:
+                self._show(preview)
         except Exception as exc:  # a failure while updating the scene: stop the fit too
             logging.exception("updating the scene from a fitting step failed")
             self._cancel.set()
             self._stop(RunState.FAILED, f"updating the scene failed: {exc}")
         return not self.state.done
+
+    def _show(self, preview: Any) -> None:
+        """Show the newest preview, unless showing the last one cost so much main-thread time that the
+        GUI needs a pause (its surfaces of a large segment, say): then it waits, and the worker makes
+        no newer one meanwhile. Showing may take at most 1 / (1 + PREVIEW_SPACING) of the main thread."""
+        if preview is not None:
+            self._held_preview = preview
+        if self._held_preview is None or time.monotonic() < self._next_show:
+            return
+        preview, self._held_preview = self._held_preview, None
+        start = time.monotonic()
+        if self._on_preview is not None:
+            self._on_preview(preview)
+        end = time.monotonic()
+        self._next_show = end + PREVIEW_SPACING * (end - start)
+        self._preview_shown.set()
 
     def wait(self, timeout: float | None = None, interval: float = 0.01) -> RunState:
         """Poll until the run is done (scripts and tests; a GUI polls from a timer instead).

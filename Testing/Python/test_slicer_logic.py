@@ -11,9 +11,6 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from INRSegmentationLib.SegmentationLogic import SegmentationLogic, SegmentationRequest  # noqa: E402
-from MetaShapeReconstructionLib.ReconstructionLogic import ReconstructionLogic, ReconstructionRequest  # noqa: E402
-
 from inr_engine.data import SAMPLES_DIR  # noqa: E402
 from inr_engine.io import read_volume  # noqa: E402
 from inr_engine.metrics import dice  # noqa: E402
@@ -24,6 +21,8 @@ from inr_engine.shape.slices import SliceError, sparsify  # noqa: E402
 from inr_slicer import worker  # noqa: E402
 from inr_slicer.completion import complete_oriented_labelmap, load_completer  # noqa: E402
 from inr_slicer.nodes import InputError, array_to_matrix, oriented_image_array, segment_mask, volume_array  # noqa: E402
+from inr_slicer.reconstruction import ReconstructionLogic, ReconstructionRequest  # noqa: E402
+from inr_slicer.segmentation import SegmentationLogic, SegmentationRequest  # noqa: E402
 from inr_slicer.worker import Cancelled, FitRun, Progress, RunState  # noqa: E402
 
 HIPPOCAMPUS = "hippocampus_004"
@@ -367,6 +366,26 @@ def test_worker_previews_never_pile_up_and_cancel_stops_within_a_step():
     assert cancel_seen.wait(5) and run.state is RunState.CANCELLED
     assert len(made) <= len(shown) + 2  # previews are made only once the last one was shown
     assert not run.poll()
+
+
+def test_previews_that_are_slow_to_show_are_spaced_so_the_gui_stays_responsive():
+    import time
+
+    shown_at = []
+
+    def job(run):
+        for step in range(10**6):
+            run.report(Progress(step + 1, 10**6), lambda: "preview")
+
+    def slow_preview(_value):  # e.g. the closed surfaces of a large segment
+        shown_at.append(time.monotonic())
+        time.sleep(0.1)
+
+    run = worker.start(job, on_preview=slow_preview)
+    run_until(run, lambda: len(shown_at) >= 4, timeout=20)
+    run.cancel()
+    gaps = np.diff(shown_at)
+    assert gaps.min() >= (1 + worker.PREVIEW_SPACING) * 0.1 * 0.9  # at most a quarter of the main thread
 
 
 def test_an_error_while_updating_the_scene_fails_the_run_and_stops_the_fit():
