@@ -16,6 +16,7 @@ echoed batches), which DDP does not allow.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -49,6 +50,9 @@ def distributed_context() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        # torchrun ranks that exit with the group alive can abort in gloo's threads ("terminate
+        # called without an active exception"): tear it down at exit
+        atexit.register(dist.destroy_process_group)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()
