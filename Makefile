@@ -5,6 +5,7 @@
 #   make lint      install, then:  ruff check .
 # Variables: PYTHON (interpreter that creates the venv), VENV (venv folder), TORCH (pip spec
 # installed only when no torch is importable, so an existing CUDA build is kept).
+# No `playwright install`: the web tests drive Debian's /usr/bin/chromium (apt-get install chromium).
 
 PYTHON ?= python3
 VENV ?= .venv

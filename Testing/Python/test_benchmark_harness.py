@@ -17,11 +17,11 @@ from benchmarks import harness
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 BENCHMARKS = ["live_update", "morse_inr", "morse_unet", "real_size", "segmentation", "shape_completion", "strainer",
-              "unet_baseline"]
-NEEDS_SLICER = {"live_update"}
+              "unet_baseline", "web"]
+NEEDS_SLICER = {"live_update", "web"}
 RESULTS = {"live_update": "live_update", "morse_inr": "hippocampus", "morse_unet": "hippocampus",
            "real_size": "real_size", "segmentation": "hippocampus", "shape_completion": "", "strainer": "strainer",
-           "unet_baseline": "hippocampus"}
+           "unet_baseline": "hippocampus", "web": "web"}
 
 
 def benchmark(name: str):

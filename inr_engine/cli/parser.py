@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import typing
 
 from ..inputs import MAX_MESH_STEP
@@ -21,6 +22,7 @@ from .priors import run_priors
 from .running import run_complete, run_demo, run_segment
 from .training import run_train_refine, run_train_segmentation, run_train_shape, run_train_strainer
 
+PLUGIN_GROUP = "inr_engine.commands"  # entry points: functions that add subcommands (see _add_plugins)
 DESCRIPTION = ("Segmentation, shape completion, prior training and prior management with implicit neural "
                "representations.")
 
@@ -78,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_strainer(train)
     _add_train_refine(train)
     _add_priors(sub)
+    _add_plugins(sub)
     return p
+
+
+def _add_plugins(sub) -> None:
+    """Commands other installed packages add through the ``inr_engine.commands`` entry points (the web
+    front end's ``web``): each entry is a function given the subparsers. A broken plugin is skipped."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # another package's bug must not break the engine's commands
+            print(f"inr-engine: warning: command {entry.name!r} from {entry.value} not loaded: {exc}", file=sys.stderr)
 
 
 def _add_run_options(p: argparse.ArgumentParser, report: str, reference: str) -> None:
