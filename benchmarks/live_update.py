@@ -16,9 +16,7 @@ Medians (and 90th percentiles) over ``--updates`` updates after a warm-up, ``--t
 
 Example::
 
-    PYTHONPATH=MetaShapeReconstruction python -m benchmarks.live_update --threads 2
-
-(``MetaShapeReconstruction`` on the path, as Slicer puts it there, for the module's logic.)
+    python -m benchmarks.live_update --threads 2
 """
 
 from __future__ import annotations

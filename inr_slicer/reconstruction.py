@@ -26,6 +26,8 @@ from inr_slicer.nodes import (
 from inr_slicer.outputs import LiveModel, LiveSegmentation, SegmentSpec, default_color
 from inr_slicer.worker import FitRun, Progress, RunState
 
+PREVIEW_MODEL_STEP = 1.0  # voxels: a preview's model is the surface of the logits decoded for its labels
+
 
 @dataclass
 class ReconstructionRequest:
@@ -91,7 +93,9 @@ class ReconstructionLogic:
         def job(run: FitRun):
             def preview(st, case):
                 logits, lo = completer.decode(case, st.params)
-                surface = completion_surface(completer, case, st.params, mesh_step, (logits, lo)) if mesh_step else None
+                # previews mesh the voxels' logits (no second decoding); only the result is decoded finer
+                surface = completion_surface(completer, case, st.params, PREVIEW_MODEL_STEP, (logits, lo)) \
+                    if mesh_step else None
                 return labels_on_grid(shape.mask.shape, lo, logits), surface
 
             def on_step(_label, st, case):

@@ -28,7 +28,7 @@ from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.utils import write_client_files_to_dir
 
 from inr_engine.data import sample_path, samples
-from inr_engine.priors import DEFAULT_PRIORS
+from inr_engine.priors import DEFAULT_PRIORS, SHAPE_COMPLETION_TASK
 from inr_slicer.worker import FitRun, RunState
 
 from .panel import PanelState, build_panel
@@ -116,17 +116,17 @@ class InrWebApp(TrameApp):
         with self.state:
             try:
                 volume = self.session.load(path)
-            except USER_ERRORS as exc:
-                self._message(f"{Path(path).name}: {_one_line(exc)}" if Path(path).name not in str(exc)
-                              else _one_line(exc), "error")
+            except USER_ERRORS as exc:  # named by the file's name, not by where an upload was kept
+                text = _one_line(exc).replace(str(path), Path(path).name)
+                self._message(text if Path(path).name in text else f"{Path(path).name}: {text}", "error")
                 return False
             self.editor_logic.on_volume_changed(volume)
             self.ui.layout.typed_state.data.is_volume_loaded = True
             loaded = self.session.loaded
             what = "label map: draw or edit its segment, then complete it" if loaded.is_labelmap else "image"
             self.state.inr_input_text = f"{loaded.path.name} ({'x'.join(map(str, loaded.volume.shape))}, {what})"
-            if loaded.is_labelmap and self.state.inr_task != "shape_completion":
-                self.state.inr_task = "shape_completion"
+            if loaded.is_labelmap:
+                self.state.inr_task = SHAPE_COMPLETION_TASK
             self._clear_result()
             self._message(f"Loaded {loaded.path.name}.", "success")
             self._show_panel()

@@ -7,7 +7,7 @@ It shows the modules' outputs; it is not a screenshot of the Slicer application.
 
 Example::
 
-    PYTHONPATH=.:INRSegmentation:MetaShapeReconstruction python scripts/render_outputs.py \\
+    PYTHONPATH=. python scripts/render_outputs.py \\
         --out Resources/Screenshots/INRSegmentation.png
 """
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inr_engine.data import sample_path
+from inr_engine.data import PRIORS_DIR, sample_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("INR_WEB_TESTS_REQUIRED") == "1"
@@ -293,6 +293,13 @@ def test_bad_input_is_a_message_and_changes_nothing(page, tmp_path):
     choose(page, "inr-task", "Sparse-slice shape completion")  # an image, and nothing drawn on it
     page.click(by_id("inr-apply"))
     assert "segment" in wait_message(page, "segment", timeout=30)
+
+    own = tmp_path / "my_adrenal.safetensors"  # a prior of the user's: here a copy of a bundled one
+    shutil.copy(PRIORS_DIR / "adrenal.safetensors", own)
+    page.locator(f"{by_id('inr-prior-upload')} input[type=file]").set_input_files(str(own))
+    assert "checked and added" in wait_message(page, "checked and added", "prior not added", timeout=60)
+    assert "my_adrenal.safetensors (uploaded)" in page.inner_text(by_id("inr-prior"))
+    assert "Sparse-slice shape completion" in page.inner_text(by_id("inr-task"))  # the prior's task
 
     foreign = tmp_path / "foreign.safetensors"
     foreign.write_bytes(b"not a prior at all")
