@@ -63,6 +63,7 @@ class ReconstructionLogic:
         from inr_engine.decode import labels_on_grid
         from inr_engine.inputs import MAX_MESH_STEP
         from inr_engine.priors import shape_prior_for
+        from inr_engine.shape.case import annotated_slices
         from inr_engine.shape.complete import check_sparse_labelmap, complete_labelmap, completion_surface
 
         steps = check_steps(request.steps)
@@ -77,8 +78,8 @@ class ReconstructionLogic:
         check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
+        annotated_slices(shape.mask)  # two or more; the preparation itself runs on the worker thread
         completer = load_completer(shape_prior_for(shape.mask, shape.affine, request.prior), request.device)
-        case = completer.prepare(shape.mask, shape.affine)  # validates the slices (two or more, ...)
         steps = steps or completer.cfg.default_steps
         transform = request.input.GetTransformNodeID()
         same_node = request.output is request.input
@@ -103,7 +104,7 @@ class ReconstructionLogic:
                 run.report(Progress(st.step, steps, st.loss, st.seconds), None if last else lambda: preview(st, case))
 
             result = complete_labelmap(shape.mask.astype(np.uint8), shape.affine, completer, steps,
-                                       mesh_step=mesh_step, on_step=on_step, prepared={1: case})
+                                       mesh_step=mesh_step, on_step=on_step, check=run.check)
             return result.labels, result.surfaces.get(1), result.report
 
         def show(outcome):

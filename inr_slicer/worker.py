@@ -186,6 +186,11 @@ class FitRun:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the run was cancelled (between the phases of long work)."""
+        if self.cancelled:
+            raise Cancelled
+
     def report(self, progress: Progress, make_preview: Callable[[], Any] | None = None) -> None:
         """Publish a step's progress, and ``make_preview()`` when a preview is due.
 

@@ -168,6 +168,26 @@ def _check_given_slices(sparse: np.ndarray, slices: dict[int, list[int]]) -> dic
     return slices
 
 
+def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = None
+                     ) -> tuple[dict[int, list[int]], tuple[np.ndarray, np.ndarray]]:
+    """The annotated slices of a sparse mask (found, or ``slices`` checked), at least two, and its
+    foreground's span ``[lo, hi)``; :class:`SliceError` otherwise. Costs what the annotation's box
+    does: callers check an input with it before handing the preparation to another thread."""
+    sparse = np.asarray(sparse) > 0
+    if not sparse.any():
+        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
+    fg_lo, fg_hi = foreground_span(sparse)
+    if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
+        found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
+        slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
+    else:
+        slices = _check_given_slices(sparse, slices)
+    if sum(len(v) for v in slices.values()) < 2:
+        raise SliceError("only one annotated slice: annotate at least two slices (or slices along two axes) "
+                         "so that the shape's extent can be inferred")
+    return {a: sorted(set(int(i) for i in idx)) for a, idx in slices.items() if len(idx)}, (fg_lo, fg_hi)
+
+
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
                  rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None,
                  check: Callable[[], None] | None = None) -> Case:
@@ -182,19 +202,8 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     sparse = np.asarray(sparse) > 0
     if sparse.ndim != 3:
         raise SliceError(f"expected a 3D label map, got {sparse.ndim}D")
-    if not sparse.any():
-        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    fg_lo, fg_hi = foreground_span(sparse)
-    if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
-        found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
-        slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
-    else:
-        slices = _check_given_slices(sparse, slices)
-    if sum(len(v) for v in slices.values()) < 2:
-        raise SliceError("only one annotated slice: annotate at least two slices (or slices along two axes) "
-                         "so that the shape's extent can be inferred")
+    slices, (fg_lo, fg_hi) = annotated_slices(sparse, slices)
     spc = spacing(affine)
-    slices = {a: sorted(set(int(i) for i in idx)) for a, idx in slices.items() if len(idx)}
     roi_lo, roi_hi = region_of_interest(fg_lo, fg_hi, slices, spc, cfg.margin_mm, sparse.shape)
     grid = None if encoder is None else EvidenceGrid(roi_lo, roi_hi, spc, cfg.encoder_pitch_mm, encoder.grid_multiple)
     offset, end = _crop_box(fg_lo, fg_hi, roi_lo, roi_hi, slices, spc, sparse.shape, grid)
