@@ -76,11 +76,13 @@ def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | Non
     """The bounding box of ``mask``'s foreground grown by ``margin`` voxels (clipped to the grid),
     as slices; None if the mask is empty."""
     mask = np.asarray(mask)
-    spans = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
-    if any(len(span) == 0 for span in spans):
-        return None
-    return tuple(slice(max(int(span[0]) - margin, 0), min(int(span[-1]) + 1 + margin, n))
-                 for span, n in zip(spans, mask.shape))
+    box = [slice(0, n) for n in mask.shape]
+    for a in range(mask.ndim):  # each axis within the box found so far: one pass over the grid, then over crops
+        span = np.flatnonzero(mask[tuple(box)].any(axis=tuple(b for b in range(mask.ndim) if b != a)))
+        if len(span) == 0:
+            return None
+        box[a] = slice(box[a].start + int(span[0]), box[a].start + int(span[-1]) + 1)
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, mask.shape))
 
 
 @dataclass(frozen=True)

@@ -168,15 +168,22 @@ def _check_given_slices(sparse: np.ndarray, slices: dict[int, list[int]]) -> dic
     return slices
 
 
+def _as_mask(sparse: np.ndarray) -> np.ndarray:
+    """The annotation as a boolean mask (a bool array as it is: no pass over a whole CT grid)."""
+    sparse = np.asarray(sparse)
+    return sparse if sparse.dtype == bool else sparse > 0
+
+
 def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = None
                      ) -> tuple[dict[int, list[int]], tuple[np.ndarray, np.ndarray]]:
     """The annotated slices of a sparse mask (found, or ``slices`` checked), at least two, and its
     foreground's span ``[lo, hi)``; :class:`SliceError` otherwise. Costs what the annotation's box
     does: callers check an input with it before handing the preparation to another thread."""
-    sparse = np.asarray(sparse) > 0
-    if not sparse.any():
+    sparse = _as_mask(sparse)
+    box = foreground_box(sparse)
+    if box is None:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    fg_lo, fg_hi = foreground_span(sparse)
+    fg_lo, fg_hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
         found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
         slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
@@ -199,7 +206,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     must be honoured) and half with each slice held out (see :func:`_held_out_features`).
     """
     t0 = time.perf_counter()
-    sparse = np.asarray(sparse) > 0
+    sparse = _as_mask(sparse)
     if sparse.ndim != 3:
         raise SliceError(f"expected a 3D label map, got {sparse.ndim}D")
     slices, (fg_lo, fg_hi) = annotated_slices(sparse, slices)

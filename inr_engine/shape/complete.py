@@ -15,7 +15,7 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from ..fit import FitStep
-from ..frames import validate_affine
+from ..frames import foreground_box, validate_affine
 from ..inputs import SliceError, input_labels
 from ..mesh import surface_from_logits
 from .case import Case
@@ -57,9 +57,9 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     result = Completion(np.zeros(array.shape, _label_dtype(array, max(labels))),
                         report={"labels": {}, "steps": steps, "device": str(completer.device),
                                 "torch_threads": torch.get_num_threads()})
-    fitted_labels = {}
+    fitted_labels, box = {}, foreground_box(array)  # the labels were checked: none is negative
     for lab in labels:
-        case = (prepared or {}).get(lab) or completer.prepare(array == lab, affine, slices, check)
+        case = (prepared or {}).get(lab) or completer.prepare(_label_mask(array, box, lab), affine, slices, check)
         fitted = fitted_labels[lab] = _fit_label(case, completer, steps, on_step, lab)
         if mesh_step is not None:
             t0 = time.perf_counter()
@@ -101,6 +101,13 @@ def _label_dtype(array: np.ndarray, largest: int) -> np.dtype:
     if np.issubdtype(array.dtype, np.integer):
         return array.dtype
     return np.min_scalar_type(largest)
+
+
+def _label_mask(array: np.ndarray, box: tuple[slice, ...], label: int) -> np.ndarray:
+    """``array == label``, computed on the labels' box only (np.zeros maps zeroed pages lazily)."""
+    mask = np.zeros(array.shape, bool)
+    mask[box] = array[box] == label
+    return mask
 
 
 def _merge_labels(out: np.ndarray, fitted: dict[int, _FittedLabel]) -> dict[int, int]:
