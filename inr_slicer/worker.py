@@ -196,8 +196,7 @@ class FitRun:
 
         Raises :class:`Cancelled` when the run was cancelled.
         """
-        if self.cancelled:
-            raise Cancelled
+        self.check()
         self._events.put(("progress", progress))
         if make_preview is None or not self._preview_shown.is_set() or time.monotonic() < self._next_preview:
             return

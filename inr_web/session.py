@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inr_engine.cli.batch import split_volume_name
 from inr_engine.inputs import looks_like_labels
 from inr_engine.io import Volume, VolumeError, read_volume, write_volume
 from inr_engine.priors import SHAPE_COMPLETION_TASK, PriorError
@@ -216,11 +217,7 @@ class WebSession:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    return split_volume_name(path.name)[0]  # as the command line names its outputs
 
 
 def _alive(scene, node):

@@ -64,8 +64,10 @@ def region_of_interest(fg_lo, fg_hi, slices: dict[int, list[int]], spacing: np.n
 
 
 def foreground_span(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi)`` of ``mask``'s foreground (which must not be empty)."""
+    """``[lo, hi)`` of ``mask``'s foreground; :class:`SliceError` if there is none."""
     box = foreground_box(mask)
+    if box is None:
+        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
     return np.array([b.start for b in box]), np.array([b.stop for b in box])
 
 
@@ -180,10 +182,7 @@ def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = N
     foreground's span ``[lo, hi)``; :class:`SliceError` otherwise. Costs what the annotation's box
     does: callers check an input with it before handing the preparation to another thread."""
     sparse = _as_mask(sparse)
-    box = foreground_box(sparse)
-    if box is None:
-        raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    fg_lo, fg_hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
+    fg_lo, fg_hi = foreground_span(sparse)
     if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
         found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
         slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
