@@ -129,20 +129,30 @@ def _held_out_features(evidence: SliceEvidence | EncodedEvidence, voxels: _Slice
     label, so fitting to it alone would teach nothing, whereas predicting each slice from its
     neighbours is the case's own interpolation problem and gives the test-time fit its signal."""
     out = np.empty((len(pick), evidence.num_features), np.float32)
-    groups = voxels.axis[pick] * 10**6 + voxels.slice_number[pick]
+    groups = _slice_groups(voxels)[pick]
 
     def fill_without(group: int) -> None:
-        a, n = divmod(int(group), 10**6)
         rows = groups == group
-        out[rows] = evidence.without(a, n).features(voxels.ijk[pick[rows]])
+        out[rows] = evidence.without(*divmod(int(group), 10**6)).features(voxels.ijk[pick[rows]])
 
+    evidence.prepare_without(_left_out(voxels, pick))
     thread_map(fill_without, np.unique(groups))  # each group writes its own rows
     return out
 
 
+def _slice_groups(voxels: _SliceVoxels) -> np.ndarray:
+    """A number per annotated voxel naming its slice: axis * 10**6 + its number along the axis."""
+    return voxels.axis * 10**6 + voxels.slice_number
+
+
+def _left_out(voxels: _SliceVoxels, pick: np.ndarray) -> list[tuple[int, int]]:
+    """The (axis, slice number) of the slices the picked voxels lie on."""
+    return [divmod(int(g), 10**6) for g in np.unique(_slice_groups(voxels)[pick])]
+
+
 def _held_out_candidates(voxels: _SliceVoxels, limit: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of the annotated voxels on at most ``limit`` randomly chosen slices (0: all slices)."""
-    groups = voxels.axis * 10**6 + voxels.slice_number
+    groups = _slice_groups(voxels)
     chosen = np.unique(groups)
     if not limit or len(chosen) <= limit:
         return np.arange(len(groups))
@@ -232,6 +242,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     eligible = _held_out_candidates(voxels, cfg.held_out_slices, rng)
     held = eligible[balanced_sample(rng, len(eligible), cfg.context_points - cfg.context_points // 2, near[eligible])]
     pick = np.concatenate([exact, held])
+    evidence.prepare_without(_left_out(voxels, held))  # one registration and encoder batch for all
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
     context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick] + offset, affine)), torch.from_numpy(feats),
                torch.from_numpy(voxels.labels[pick]))

@@ -27,8 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..inputs import SliceError
-from ..runtime import thread_map
-from .slice_flow import SliceFlow, slice_flow
+from .slice_flow import SliceFlow, slice_flows
 
 SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_MM)
 DIST_SCALE_MM = 20.0  # slice distances as tanh(d / DIST_SCALE_MM)
@@ -127,9 +126,11 @@ class _AxisEvidence:
     flows: list[SliceFlow] = field(default_factory=list)  # (m - 1) correspondences between consecutive slices
 
 
-def _flow_between(ev: _AxisEvidence, a: int, b: int) -> SliceFlow:
-    shift = ev.centroids[b] - ev.centroids[a]
-    return slice_flow(ev.sdf[a], ev.sdf[b], np.where(np.isnan(shift), 0.0, shift), ev.sampling)
+def _flows_between(ev: _AxisEvidence, pairs: list[tuple[int, int]]) -> list[SliceFlow]:
+    """The flows from slice ``a`` to slice ``b`` of each pair, registered together."""
+    first, second = (np.array([pair[i] for pair in pairs], int) for i in (0, 1))
+    shifts = ev.centroids[second] - ev.centroids[first]
+    return slice_flows(ev.sdf[first], ev.sdf[second], np.where(np.isnan(shifts), 0.0, shifts), ev.sampling)
 
 
 class SliceEvidence:
@@ -150,6 +151,7 @@ class SliceEvidence:
             if idx[0] < 0 or idx[-1] >= self.shape[a]:
                 raise SliceError(f"slice index out of range along axis {a}: {idx}")
         self.axes = {a: self._axis(sparse, a, idx) for a, idx in self.slices.items()}
+        self._gap_flows: dict[tuple[int, int], SliceFlow] = {}  # (axis, n): across the gap without slice n
 
     def _axis(self, sparse: np.ndarray, axis: int, idx: list[int]) -> _AxisEvidence:
         plane = [b for b in range(3) if b != axis]
@@ -161,13 +163,25 @@ class SliceEvidence:
             if s.any():
                 cents[n] = ndimage.center_of_mass(s)
         ev = _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]), sampling)
-        ev.flows = thread_map(lambda n: _flow_between(ev, n, n + 1), range(len(idx) - 1))
+        ev.flows = _flows_between(ev, [(n, n + 1) for n in range(len(idx) - 1)])
         return ev
+
+    def prepare_without(self, left_out: list[tuple[int, int]]) -> None:
+        """Register, all at once, the gaps that leaving out each ``(axis, n)`` would open
+        (what :meth:`without` would otherwise register one at a time)."""
+        for axis in {a for a, _ in left_out}:
+            ev = self.axes[axis]
+            todo = sorted({n for a, n in left_out if a == axis and 0 < n < len(ev.positions) - 1
+                           and (a, n) not in self._gap_flows})
+            if todo:
+                flows = _flows_between(ev, [(n - 1, n + 1) for n in todo])
+                self._gap_flows.update({(axis, n): f for n, f in zip(todo, flows)})
 
     def without(self, axis: int, n: int) -> SliceEvidence:
         """The evidence without the ``n``-th annotated slice along ``axis`` (only the flow across the gap
         it leaves is computed)."""
         other = copy.copy(self)
+        other._gap_flows = {}  # its slices are numbered without slice n
         ev = self.axes[axis]
         keep = np.arange(len(ev.positions)) != n
         other.axes = dict(self.axes)
@@ -175,7 +189,8 @@ class SliceEvidence:
         if keep.any():
             flows = ev.flows[:max(n - 1, 0)] + ev.flows[n + 1:]
             if 0 < n < len(ev.positions) - 1:
-                flows.insert(n - 1, _flow_between(ev, n - 1, n + 1))
+                self.prepare_without([(axis, n)])
+                flows.insert(n - 1, self._gap_flows[(axis, n)])
             other.axes[axis] = replace(ev, positions=ev.positions[keep], sdf=ev.sdf[keep],
                                        centroids=ev.centroids[keep], flows=flows)
             other.slices[axis] = [p for i, p in enumerate(self.slices[axis]) if i != n]
