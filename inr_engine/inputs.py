@@ -31,6 +31,11 @@ def input_labels(array: np.ndarray) -> list[int]:
 
     The one check of label maps: the CLI, the Slicer logic and training data all use it.
     """
+    return labels_and_box(array)[0]
+
+
+def labels_and_box(array: np.ndarray) -> tuple[list[int], tuple[slice, ...]]:
+    """:func:`input_labels`, and the box (slices) holding all of them."""
     array = np.asarray(array)
     if array.ndim != 3:
         raise SliceError(f"expected a 3D label map, got {array.ndim}D data")
@@ -40,7 +45,7 @@ def input_labels(array: np.ndarray) -> list[int]:
         array = array.view(np.uint8)
     elif not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise SliceError(f"expected a label map of integers, got {array.dtype} values")
-    box = foreground_box(array != 0)  # NaN, fractional and negative values are not 0: all inside
+    box = foreground_box(array)  # NaN, fractional and negative values are not 0: all inside
     if box is None:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
     array = array[box]  # a structure's box, not its scan: the checks below cost what the annotation does
@@ -60,7 +65,7 @@ def input_labels(array: np.ndarray) -> list[int]:
                          "labels), not an image")
     if not labels:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    return labels
+    return labels, box
 
 
 def check_image(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

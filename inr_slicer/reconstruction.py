@@ -75,10 +75,10 @@ class ReconstructionLogic:
         check_optional_node(request.output, "vtkMRMLSegmentationNode", "output segmentation")
         check_optional_node(request.output_model, "vtkMRMLModelNode", "output model")
         shape = self._input_shape(request)
-        check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
+        _, box = check_sparse_labelmap(shape.mask, shape.affine)  # as the CLI checks its input
         if request.output is not request.input:
             check_output_grid(request.output, shape.affine, shape.mask.shape)
-        annotated_slices(shape.mask)  # two or more; the preparation itself runs on the worker thread
+        annotated_slices(shape.mask, within=box)  # two or more; the preparation itself runs on the worker thread
         completer = load_completer(shape_prior_for(shape.mask, shape.affine, request.prior), request.device)
         steps = steps or completer.cfg.default_steps
         transform = request.input.GetTransformNodeID()

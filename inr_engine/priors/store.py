@@ -198,7 +198,7 @@ def shape_prior_for(array, affine, prior: str = AUTO) -> str:
     if prior not in ("", AUTO):
         return prior
     array = np.asarray(array)
-    box = foreground_box(array != 0) or tuple(slice(0, n) for n in array.shape)
+    box = foreground_box(array) or tuple(slice(0, n) for n in array.shape)
     steps = spacing(affine)
     return default_shape_prior(steps, [(b.stop - b.start) * s for b, s in zip(box, steps)])
 

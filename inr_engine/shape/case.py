@@ -63,12 +63,15 @@ def region_of_interest(fg_lo, fg_hi, slices: dict[int, list[int]], spacing: np.n
     return lo, hi
 
 
-def foreground_span(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[lo, hi)`` of ``mask``'s foreground; :class:`SliceError` if there is none."""
-    box = foreground_box(mask)
+def foreground_span(mask: np.ndarray, within: tuple[slice, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` of ``mask``'s foreground (known to lie ``within`` a box, if given: only that box
+    is read); :class:`SliceError` if there is none."""
+    within = within or tuple(slice(0, n) for n in mask.shape)
+    box = foreground_box(mask[within])
     if box is None:
         raise SliceError("the input has no foreground: annotate at least two slices of the structure")
-    return np.array([b.start for b in box]), np.array([b.stop for b in box])
+    start = np.array([w.start for w in within])
+    return start + [b.start for b in box], start + [b.stop for b in box]
 
 
 def _crop_box(fg_lo, fg_hi, roi_lo, roi_hi, slices, spacing, shape, encoder_grid) -> tuple[np.ndarray, np.ndarray]:
@@ -186,13 +189,15 @@ def _as_mask(sparse: np.ndarray) -> np.ndarray:
     return sparse if sparse.dtype == bool else sparse > 0
 
 
-def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = None
+def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = None,
+                     within: tuple[slice, ...] | None = None
                      ) -> tuple[dict[int, list[int]], tuple[np.ndarray, np.ndarray]]:
     """The annotated slices of a sparse mask (found, or ``slices`` checked), at least two, and its
-    foreground's span ``[lo, hi)``; :class:`SliceError` otherwise. Costs what the annotation's box
-    does: callers check an input with it before handing the preparation to another thread."""
+    foreground's span ``[lo, hi)`` (see :func:`foreground_span` for ``within``); :class:`SliceError`
+    otherwise. Costs what the annotation's box does: callers check an input with it before handing
+    the preparation to another thread."""
     sparse = _as_mask(sparse)
-    fg_lo, fg_hi = foreground_span(sparse)
+    fg_lo, fg_hi = foreground_span(sparse, within)
     if slices is None:  # slices without foreground cannot be found: look inside the foreground's box only
         found = find_annotated_slices(sparse[tuple(slice(a, b) for a, b in zip(fg_lo, fg_hi))])
         slices = {a: [i + int(fg_lo[a]) for i in idx] for a, idx in found.items()}
@@ -206,10 +211,11 @@ def annotated_slices(sparse: np.ndarray, slices: dict[int, list[int]] | None = N
 
 def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slices: dict[int, list[int]] | None = None,
                  rng: np.random.Generator | None = None, encoder: SliceEncoder | None = None,
-                 check: Callable[[], None] | None = None) -> Case:
+                 check: Callable[[], None] | None = None, within: tuple[slice, ...] | None = None) -> Case:
     """Find the annotated slices (unless given), build the evidence (with ``encoder``'s context
     when the prior has one), region, frame and context. ``check()``, if given, is called between
     the phases: it may raise to stop a preparation nobody waits for any more (a superseded preview).
+    ``within``, a box known to hold all of the annotation, spares a pass over the whole grid.
 
     The context the fit sees is half annotated voxels with the full evidence (the annotations
     must be honoured) and half with each slice held out (see :func:`_held_out_features`).
@@ -218,7 +224,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     sparse = _as_mask(sparse)
     if sparse.ndim != 3:
         raise SliceError(f"expected a 3D label map, got {sparse.ndim}D")
-    slices, (fg_lo, fg_hi) = annotated_slices(sparse, slices)
+    slices, (fg_lo, fg_hi) = annotated_slices(sparse, slices, within)
     spc = spacing(affine)
     roi_lo, roi_hi = region_of_interest(fg_lo, fg_hi, slices, spc, cfg.margin_mm, sparse.shape)
     grid = None if encoder is None else EvidenceGrid(roi_lo, roi_hi, spc, cfg.encoder_pitch_mm, encoder.grid_multiple)
@@ -227,11 +233,10 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     check = check or (lambda: None)
     check()
     evidence = SliceEvidence(crop, {a: [i - int(offset[a]) for i in idx] for a, idx in slices.items()}, spc)
-    check()
     lo, hi = roi_lo - offset, roi_hi - offset  # in the crop, until the case is made
     if encoder is not None:
         evidence = EncodedEvidence(evidence, encoder, lo, hi, cfg.encoder_pitch_mm)
-        check()
+    check()
     centre = ijk_to_ras((fg_lo + fg_hi - 1) / 2.0, affine)
     frame = NormalizedFrame(tuple(float(c) for c in centre), cfg.scale_mm)
     rng = np.random.default_rng(0) if rng is None else rng
@@ -242,7 +247,8 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     eligible = _held_out_candidates(voxels, cfg.held_out_slices, rng)
     held = eligible[balanced_sample(rng, len(eligible), cfg.context_points - cfg.context_points // 2, near[eligible])]
     pick = np.concatenate([exact, held])
-    evidence.prepare_without(_left_out(voxels, held))  # one registration and encoder batch for all
+    evidence.prepare_without(_left_out(voxels, held))  # the registrations and encoder runs, in one batch each
+    check()
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
     context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick] + offset, affine)), torch.from_numpy(feats),
                torch.from_numpy(voxels.labels[pick]))

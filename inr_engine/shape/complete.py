@@ -15,8 +15,8 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from ..fit import FitStep
-from ..frames import foreground_box, validate_affine
-from ..inputs import SliceError, input_labels
+from ..frames import validate_affine
+from ..inputs import SliceError, labels_and_box
 from ..mesh import surface_from_logits
 from .case import Case
 from .completer import ShapeCompleter
@@ -31,11 +31,12 @@ class Completion:
     report: dict = field(default_factory=dict)
 
 
-def check_sparse_labelmap(array: np.ndarray, affine: np.ndarray) -> list[int]:
-    """Check a sparse label map and its geometry before any work; returns its foreground labels."""
-    labels = input_labels(array)
+def check_sparse_labelmap(array: np.ndarray, affine: np.ndarray) -> tuple[list[int], tuple[slice, ...]]:
+    """Check a sparse label map and its geometry before any work; returns its foreground labels
+    and the box holding them."""
+    labels, box = labels_and_box(array)
     validate_affine(affine)
-    return labels
+    return labels, box
 
 
 def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCompleter, steps: int | None = None,
@@ -48,7 +49,7 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     caller already made with ``completer.prepare`` (e.g. to check the input early), by label.
     ``check()`` is called between the phases of preparing each label (see :func:`~.case.prepare_case`).
     """
-    labels = check_sparse_labelmap(array, affine)
+    labels, box = check_sparse_labelmap(array, affine)
     if label is not None:
         if label not in labels:
             raise SliceError(f"label {label} is not in the input (labels present: {labels})")
@@ -57,9 +58,9 @@ def complete_labelmap(array: np.ndarray, affine: np.ndarray, completer: ShapeCom
     result = Completion(np.zeros(array.shape, _label_dtype(array, max(labels))),
                         report={"labels": {}, "steps": steps, "device": str(completer.device),
                                 "torch_threads": torch.get_num_threads()})
-    fitted_labels, box = {}, foreground_box(array)  # the labels were checked: none is negative
+    fitted_labels = {}
     for lab in labels:
-        case = (prepared or {}).get(lab) or completer.prepare(_label_mask(array, box, lab), affine, slices, check)
+        case = (prepared or {}).get(lab) or completer.prepare(_label_mask(array, box, lab), affine, slices, check, box)
         fitted = fitted_labels[lab] = _fit_label(case, completer, steps, on_step, lab)
         if mesh_step is not None:
             t0 = time.perf_counter()

@@ -8,13 +8,22 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..decode import chunk_size, decode_box, labels_on_grid
+from ..decode import decode_box, decode_chunk, labels_on_grid
 from ..fit import FitStep, fit
 from ..meta import ALGORITHMS, STRAINER, MetaLearner
 from ..priors import Prior, PriorError, build_network, prior_config
 from .case import Case, prepare_case
 from .encoder import SliceEncoder
-from .model import TASK, OccupancyINR, ShapeConfig, load_encoder, occupancy_loss, prior_tensors, split_tensors
+from .model import (
+    TASK,
+    OccupancyINR,
+    ShapeConfig,
+    load_encoder,
+    occupancy_inference,
+    occupancy_loss,
+    prior_tensors,
+    split_tensors,
+)
 from .slices import EVIDENCE_VERSION
 
 
@@ -66,8 +75,8 @@ class ShapeCompleter:
         return completer
 
     def prepare(self, sparse: np.ndarray, affine: np.ndarray, slices: dict[int, list[int]] | None = None,
-                check: Callable[[], None] | None = None) -> Case:
-        return prepare_case(sparse, affine, self.cfg, slices, encoder=self.encoder, check=check)
+                check: Callable[[], None] | None = None, within: tuple[slice, ...] | None = None) -> Case:
+        return prepare_case(sparse, affine, self.cfg, slices, encoder=self.encoder, check=check, within=within)
 
     def fit(self, case: Case, steps: int | None = None) -> Iterator[FitStep]:
         """Fit to the annotated slices; yields after each step (``steps=0`` yields nothing)."""
@@ -81,18 +90,19 @@ class ShapeCompleter:
         yield from fit(self.init, loss, steps, self.step_sizes, self.cfg.inner_steps, self.cfg.adam_lr)
 
     def point_function(self, case: Case, params: dict[str, torch.Tensor] | None = None):
-        params = self.init if params is None else params
+        with torch.no_grad():
+            forward = occupancy_inference(self.model, self.init if params is None else params)
 
         def logits(ijk: np.ndarray) -> np.ndarray:
             coords, ev = (t.to(self.device) for t in case.inputs(ijk))
             with torch.no_grad():
-                return functional_call(self.model, params, (coords, ev)).float().cpu().numpy()
+                return forward(coords, ev).float().cpu().numpy()
 
         return logits
 
     def decode(self, case: Case, params=None, step: float = 1.0, adaptive: bool = True):
         """Logits over the case's region, sampled every ``step`` voxels; returns (logits, lo)."""
-        chunk = chunk_size(bytes_per_point=4 * (self.model.in_features + 6 * self.cfg.hidden_features) * 4)
+        chunk = decode_chunk(self.cfg.hidden_features)
         lo = case.lo.astype(np.float64)
         hi = case.hi.astype(np.float64) - 1 + step
         return decode_box(self.point_function(case, params), lo, hi, step, chunk, adaptive), lo

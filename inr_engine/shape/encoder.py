@@ -76,9 +76,8 @@ class EvidenceGrid:
         return self.lo + idx * self.step
 
     def features(self, evidence: SliceEvidence) -> torch.Tensor:
-        """(NUM_FEATURES, D, H, W) evidence on the grid."""
-        feats = evidence.features(self.points()).reshape(*self.dims, NUM_FEATURES)
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(feats, -1, 0)))
+        """(NUM_FEATURES, D, H, W) evidence on the grid, stored channels last (as the encoder reads it best)."""
+        return torch.from_numpy(evidence.features(self.points()).reshape(*self.dims, NUM_FEATURES)).permute(3, 0, 1, 2)
 
     def features_between(self, evidence: SliceEvidence, base: torch.Tensor, axis: int, low: float,
                          high: float) -> torch.Tensor:
@@ -97,7 +96,7 @@ class EvidenceGrid:
             shape[axis] = len(picked)
             index = [slice(None)] * 4
             index[axis + 1] = torch.from_numpy(picked)
-            out[tuple(index)] = torch.from_numpy(np.moveaxis(feats.reshape(*shape, NUM_FEATURES), -1, 0).copy())
+            out[tuple(index)] = torch.from_numpy(feats.reshape(*shape, NUM_FEATURES)).permute(3, 0, 1, 2)
         return out
 
     def sample(self, values: np.ndarray, ijk: np.ndarray) -> np.ndarray:
@@ -106,24 +105,34 @@ class EvidenceGrid:
         return ndimage.map_coordinates(values, local, order=1, mode="nearest")
 
 
-ENCODER_BATCH_POINTS = 2**20  # grid points the encoder reads in one call (its activations' memory)
+ENCODER_BATCH_POINTS = 2**21  # grid points the encoder reads in one call (its activations' memory)
 
 
 def encoder_logits(encoder: SliceEncoder, features: list[torch.Tensor]) -> list[np.ndarray]:
     """The encoder's logits (float32, grid dims) from each evidence grid (:meth:`EvidenceGrid.features`).
 
-    Grids of one shape run in batches, channels last: oneDNN's 3D convolutions on the CPU take a
-    quarter to a half of the time per grid that way.
+    Grids of one shape run in batches, channels last: oneDNN's 3D convolutions on the CPU then take
+    a quarter to a half of the time per grid. A batch of one grid runs channels first: channels
+    last, PyTorch sends some of its convolutions to its slow reference kernel (1.5-2 times the time).
     """
     device = next(encoder.parameters()).device
     out: list[np.ndarray] = []
     per_call = max(1, ENCODER_BATCH_POINTS // max(int(np.prod(f.shape[1:])) for f in features))
     with torch.no_grad():
         for start in range(0, len(features), per_call):
-            batch = torch.stack(features[start:start + per_call]).to(device)
-            logits = encoder(batch.contiguous(memory_format=torch.channels_last_3d))
+            logits = encoder(_encoder_batch(features[start:start + per_call]).to(device))
             out.extend(x.float().cpu().numpy() for x in logits.contiguous())
     return out
+
+
+def _encoder_batch(grids: list[torch.Tensor]) -> torch.Tensor:
+    """(B, C, D, H, W) of (C, D, H, W) grids, channels last (one grid alone: channels first)."""
+    if len(grids) == 1:
+        return grids[0][None].contiguous()
+    batch = torch.empty(len(grids), *grids[0].shape[1:], grids[0].shape[0], dtype=grids[0].dtype)
+    for b, grid in enumerate(grids):
+        batch[b] = grid.permute(1, 2, 3, 0)
+    return batch.permute(0, 4, 1, 2, 3)
 
 
 class EncodedEvidence:
@@ -142,9 +151,16 @@ class EncodedEvidence:
         self.box = (np.asarray(lo), np.asarray(hi))
         self.pitch_mm = pitch_mm
         self.grid = EvidenceGrid(lo, hi, evidence.spacing, pitch_mm, encoder.grid_multiple)
-        self.grid_features = self.grid.features(evidence)
+        self._grid_features: torch.Tensor | None = None
         self._logits: np.ndarray | None = None
         self._left_out: dict[tuple[int, int], EncodedEvidence] = {}  # by (axis, n), see without
+
+    @property
+    def grid_features(self) -> torch.Tensor:
+        """The evidence on :attr:`grid` (:meth:`EvidenceGrid.features`)."""
+        if self._grid_features is None:
+            self._grid_features = self.grid.features(self.base)
+        return self._grid_features
 
     @property
     def logits(self) -> np.ndarray:
@@ -207,6 +223,6 @@ class EncodedEvidence:
         positions = self.base.axes[axis].positions  # leaving slice n out changes the evidence from slice n - 2
         low = positions[n - 2] if n >= 2 else -np.inf  # (its next-but-one neighbour) to slice n + 2
         high = positions[n + 2] if n + 2 < len(positions) else np.inf
-        other.grid_features = self.grid.features_between(other.base, self.grid_features, axis, low, high)
+        other._grid_features = self.grid.features_between(other.base, self.grid_features, axis, low, high)
         other._logits, other._left_out = None, {}
         return other

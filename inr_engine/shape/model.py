@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from ..frames import FRAME_CONVENTION
 from ..meta import MetaLearner, sub_params
-from ..networks import Siren
+from ..networks import Siren, dense, folded_sine_layers, sine_stack_inference
 from ..priors import SHAPE_COMPLETION_TASK, Prior, PriorError, error_summary, initialisation_tensors
 from .encoder import ENCODER_LOGIT_SCALE, SliceEncoder
 from .slices import EVIDENCE_VERSION, NUM_FEATURES
@@ -76,6 +77,22 @@ class OccupancyINR(nn.Module):
         x = torch.cat([coords, evidence], dim=-1)
         logit = self.siren(x).squeeze(-1) - self.alpha * evidence[..., NUM_FEATURES - 1] + self.beta
         return logit if self.gamma is None else logit + self.gamma * evidence[..., -1]
+
+
+def occupancy_inference(model: OccupancyINR, params: dict[str, torch.Tensor]
+                        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model``'s forward with ``params``, for ``torch.no_grad`` only: folded sine layers evaluated
+    in place (see :mod:`~inr_engine.networks`); equal to the module's to float32 rounding."""
+    layers = folded_sine_layers(model.siren, params, "siren.")
+    out_w, out_b = params["siren.out.weight"], params["siren.out.bias"]
+    alpha, beta, gamma = params["alpha"], params["beta"], params.get("gamma")
+
+    def forward(coords: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        h = sine_stack_inference(torch.cat([coords, evidence], dim=-1), layers)
+        logit = dense(h, out_w, out_b)[:, 0].sub_(alpha * evidence[:, NUM_FEATURES - 1]).add_(beta)
+        return logit if gamma is None else logit.add_(gamma * evidence[:, -1])
+
+    return forward
 
 
 def bce_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ it (a 45-degree taper rather than an extrusion).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+import threading
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -123,7 +124,7 @@ class _AxisEvidence:
     centroids: np.ndarray  # (m, 2) in-plane centroid (voxel units); NaN for empty slices
     step_mm: float  # spacing along the axis
     sampling: tuple[float, float]  # in-plane spacing
-    flows: list[SliceFlow] = field(default_factory=list)  # (m - 1) correspondences between consecutive slices
+    flows: list[SliceFlow] | None = None  # (m - 1) correspondences between consecutive slices, once registered
 
 
 def _flows_between(ev: _AxisEvidence, pairs: list[tuple[int, int]]) -> list[SliceFlow]:
@@ -152,6 +153,7 @@ class SliceEvidence:
                 raise SliceError(f"slice index out of range along axis {a}: {idx}")
         self.axes = {a: self._axis(sparse, a, idx) for a, idx in self.slices.items()}
         self._gap_flows: dict[tuple[int, int], SliceFlow] = {}  # (axis, n): across the gap without slice n
+        self._registering = threading.Lock()
 
     def _axis(self, sparse: np.ndarray, axis: int, idx: list[int]) -> _AxisEvidence:
         plane = [b for b in range(3) if b != axis]
@@ -162,26 +164,28 @@ class SliceEvidence:
         for n, s in enumerate(stack):
             if s.any():
                 cents[n] = ndimage.center_of_mass(s)
-        ev = _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]), sampling)
-        ev.flows = _flows_between(ev, [(n, n + 1) for n in range(len(idx) - 1)])
-        return ev
+        return _AxisEvidence(np.asarray(idx, np.float64), sdf, cents, float(self.spacing[axis]), sampling)
 
     def prepare_without(self, left_out: list[tuple[int, int]]) -> None:
-        """Register, all at once, the gaps that leaving out each ``(axis, n)`` would open
-        (what :meth:`without` would otherwise register one at a time)."""
-        for axis in {a for a, _ in left_out}:
-            ev = self.axes[axis]
-            todo = sorted({n for a, n in left_out if a == axis and 0 < n < len(ev.positions) - 1
-                           and (a, n) not in self._gap_flows})
-            if todo:
-                flows = _flows_between(ev, [(n - 1, n + 1) for n in todo])
-                self._gap_flows.update({(axis, n): f for n, f in zip(todo, flows)})
+        """Register the consecutive slices (unless done) and the gaps that leaving out each
+        ``(axis, n)`` would open, all in one batch per axis (registration happens when first
+        needed: telling all that will be needed here makes one batch of it)."""
+        with self._registering:
+            for axis, ev in self.axes.items():
+                pairs = [] if ev.flows is not None else [(n, n + 1) for n in range(len(ev.positions) - 1)]
+                gaps = sorted({n for a, n in left_out if a == axis and 0 < n < len(ev.positions) - 1
+                               and (a, n) not in self._gap_flows})
+                flows = _flows_between(ev, pairs + [(n - 1, n + 1) for n in gaps]) if pairs or gaps else []
+                if ev.flows is None:
+                    ev.flows = flows[:len(pairs)]
+                self._gap_flows.update({(axis, n): f for n, f in zip(gaps, flows[len(pairs):])})
 
     def without(self, axis: int, n: int) -> SliceEvidence:
         """The evidence without the ``n``-th annotated slice along ``axis`` (only the flow across the gap
         it leaves is computed)."""
+        self.prepare_without([(axis, n)])
         other = copy.copy(self)
-        other._gap_flows = {}  # its slices are numbered without slice n
+        other._gap_flows, other._registering = {}, threading.Lock()  # its slices are numbered without slice n
         ev = self.axes[axis]
         keep = np.arange(len(ev.positions)) != n
         other.axes = dict(self.axes)
@@ -189,7 +193,6 @@ class SliceEvidence:
         if keep.any():
             flows = ev.flows[:max(n - 1, 0)] + ev.flows[n + 1:]
             if 0 < n < len(ev.positions) - 1:
-                self.prepare_without([(axis, n)])
                 flows.insert(n - 1, self._gap_flows[(axis, n)])
             other.axes[axis] = replace(ev, positions=ev.positions[keep], sdf=ev.sdf[keep],
                                        centroids=ev.centroids[keep], flows=flows)
@@ -211,6 +214,7 @@ class SliceEvidence:
 
     def features(self, ijk: np.ndarray) -> np.ndarray:
         """(N, NUM_FEATURES) float32 features for (N, 3) voxel positions (fractional allowed)."""
+        self.prepare_without([])
         ijk = np.asarray(ijk, np.float64).reshape(-1, 3)
         out = np.zeros((len(ijk), NUM_FEATURES), np.float32)
         num = np.zeros(len(ijk))
