@@ -65,7 +65,7 @@ def seed_everything(seed: int) -> np.random.Generator:
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]`` on as many threads as PyTorch may use (``torch.set_num_threads``).
 
-    For work that releases the GIL (SimpleITK filters, SciPy and NumPy on arrays).
+    For work that releases the GIL (SciPy and NumPy on arrays).
     """
     import torch
 

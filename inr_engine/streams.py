@@ -20,7 +20,7 @@ class _WorkerFailure:
 
 
 class TaskStream:
-    """Batches drawn in background threads (NumPy, SciPy, SimpleITK and PyTorch release the GIL).
+    """Batches drawn in background threads (NumPy, SciPy and PyTorch release the GIL).
 
     ``draw(rng)`` makes one batch. Worker ``i`` of ``workers`` draws batches ``i, i + workers,
     ...`` from its own generator and the stream hands them out in that order, so the sequence

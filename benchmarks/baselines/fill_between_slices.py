@@ -16,7 +16,7 @@ after ITK's own statics are gone; their destructors then crash (SIGSEGV in
 ``slicer_itk::TimeStamp::Modified`` from ``~OrImageFilter``, in a fifth to half of the runs here). ITK's
 "Platform" threader joins its threads at the end of each call instead, so the destructors run
 while everything is alive: it is selected before the first filter runs (``ITK_GLOBAL_DEFAULT_THREADER``,
-read when slicer-core's ITK first runs a filter; SimpleITK, which the engine uses, already defaults to it).
+read when slicer-core's ITK first runs a filter; SimpleITK defaults to it).
 """
 
 from __future__ import annotations
