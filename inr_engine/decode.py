@@ -19,6 +19,8 @@ from .frames import grid_ijk
 PointFunction = Callable[[np.ndarray], np.ndarray]  # (n, 3) voxel positions -> (n,) logits
 
 DEFAULT_BUDGET_BYTES = 256 * 1024**2
+ADAPTIVE_BAND = 4.0  # logits: nearer the decision boundary than this, interpolated values are not trusted
+MIN_ADAPTIVE_POINTS = 32**3  # smaller grids are evaluated point by point
 
 
 def chunk_size(bytes_per_point: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
@@ -46,7 +48,7 @@ def evaluate_in_chunks(fn: PointFunction, points: np.ndarray, chunk: int) -> np.
 
 
 def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536, adaptive: bool = True,
-               band: float = 4.0, min_adaptive_points: int = 32**3) -> np.ndarray:
+               band: float = ADAPTIVE_BAND, min_adaptive_points: int = MIN_ADAPTIVE_POINTS) -> np.ndarray:
     """Logits on the grid ``lo + step * n`` (voxel units) covering the box ``[lo, hi)``.
 
     Returns an array of shape ``ceil((hi - lo) / step)`` per axis.

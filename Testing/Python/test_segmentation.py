@@ -31,7 +31,7 @@ from inr_engine.segmentation.training import (
     train_metaseg_prior,
     train_nisf_prior,
 )
-from inr_engine.segmentation.volume import SegmentationError, TrainingVolumes, prepare_volume
+from inr_engine.segmentation.volume import SegmentationError, TrainingVolumes, predict_labels, prepare_volume
 
 SAMPLES = SAMPLES_DIR
 CLASSES = ("background", "anterior", "posterior")
@@ -217,6 +217,24 @@ def test_previews_decode_a_coarser_grid_that_agrees_with_the_labels():
     coarse = preview_labels(seg, volume, max_points=volume.coords.shape[0] // 8)  # every 2nd voxel per axis
     assert coarse.shape == labels.shape and coarse.dtype == labels.dtype
     assert min(foreground_dice(coarse, labels, 3)) > 0.7  # 0.79: a thin structure at half resolution
+
+
+@_bundled("hippocampus-metaseg")
+@_bundled("hippocampus-nisf")
+@pytest.mark.parametrize("method", ["metaseg", "nisf"])
+def test_adaptive_decoding_gives_the_labels_of_every_voxel(method):
+    """Every second voxel, interpolation, and exact evaluation near class boundaries: the labels of
+    evaluating every voxel, on a held-out subject at its size and at twice its resolution."""
+    from scipy import ndimage
+
+    subject = _sample("hippocampus_007")
+    seg = load_segmenter(method)
+    params = list(seg.fit(seg.prepare(subject.image, subject.affine)))[-1].params
+    fine_affine = subject.affine @ np.diag([0.5, 0.5, 0.5, 1.0])
+    for image, affine in ((subject.image, subject.affine), (ndimage.zoom(subject.image, 2, order=1), fine_affine)):
+        volume = seg.prepare(image, affine)
+        exhaustive = predict_labels(seg.logit_function(params), volume, seg.cfg.hidden_features, adaptive=False)
+        np.testing.assert_array_equal(seg.labels(volume, params), exhaustive)
 
 
 # --------------------------------------------------------------------------- command line

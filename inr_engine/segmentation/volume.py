@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..decode import decode_chunk
+from ..decode import ADAPTIVE_BAND, MIN_ADAPTIVE_POINTS, decode_chunk
 from ..frames import NormalizedFrame, grid_ijk, ijk_to_ras
 from ..inputs import SegmentationError, check_image
 from ..intensity import IntensityReference
@@ -84,15 +84,55 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def predict_labels(logit_fn: Callable[[torch.Tensor], torch.Tensor], volume: SegVolume, width: int,
-                   chunk: int | None = None) -> np.ndarray:
+                   chunk: int | None = None, adaptive: bool = True, margin: float = ADAPTIVE_BAND) -> np.ndarray:
     """Arg-max labels of every voxel, evaluated in chunks of ``chunk`` points (default: sized so that a
-    chunk's activations, ``width`` features wide, stay in the CPU's cache)."""
+    chunk's activations, ``width`` features wide, stay in the CPU's cache).
+
+    ``adaptive`` (volumes of ``MIN_ADAPTIVE_POINTS`` voxels or more): the network runs on every second
+    voxel along each axis, the class logits are interpolated trilinearly in between, and every voxel
+    whose two largest interpolated logits lie within ``margin`` of each other, where interpolation
+    could change the label, is evaluated exactly (:func:`~inr_engine.decode.decode_box` does the same
+    for occupancy). On the shipped hippocampus volumes, at their size and resampled to 128^3, the
+    labels equal those of evaluating every voxel, for MetaSeg and NISF, in a quarter to a third of the time.
+    """
     chunk = chunk or decode_chunk(width)
-    out = np.empty(len(volume.coords), np.uint8)
+    shape = tuple(volume.shape)
     with torch.inference_mode():
-        for start in range(0, len(volume.coords), chunk):
-            out[start:start + chunk] = logit_fn(volume.coords[start:start + chunk]).argmax(-1).cpu().numpy()
-    return out.reshape(volume.shape)
+        if not adaptive or np.prod(shape) < MIN_ADAPTIVE_POINTS or min(shape) < 2:
+            return _argmax(logit_fn, volume.coords, chunk).numpy().reshape(shape)
+        coarse = _every_second_voxel(volume.coords, shape)
+        logits = _evaluate(logit_fn, coarse.reshape(-1, 3), chunk).reshape(*coarse.shape[:3], -1)
+        if logits.shape[-1] < 2:
+            return np.zeros(shape, np.uint8)
+        fine = F.interpolate(logits.permute(3, 0, 1, 2)[None], size=tuple(2 * n - 1 for n in coarse.shape[:3]),
+                             mode="trilinear", align_corners=True)[0, :, :shape[0], :shape[1], :shape[2]]
+        top = fine.topk(2, dim=0).values
+        labels = fine.argmax(0).to(torch.uint8).reshape(-1)
+        uncertain = (top[0] - top[1] < margin).reshape(-1).nonzero()[:, 0]
+        labels[uncertain] = _argmax(logit_fn, volume.coords[uncertain], chunk)
+    return labels.numpy().reshape(shape)
+
+
+def _evaluate(logit_fn: Callable[[torch.Tensor], torch.Tensor], coords: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([logit_fn(coords[start:start + chunk]).float().cpu() for start in range(0, len(coords), chunk)])
+
+
+def _argmax(logit_fn: Callable[[torch.Tensor], torch.Tensor], coords: torch.Tensor, chunk: int) -> torch.Tensor:
+    out = torch.empty(len(coords), dtype=torch.uint8)
+    for start in range(0, len(coords), chunk):
+        out[start:start + chunk] = logit_fn(coords[start:start + chunk]).argmax(-1).cpu()
+    return out
+
+
+def _every_second_voxel(coords: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Network coordinates (m0, m1, m2, 3) of voxels ``2 i`` for ``i < n // 2 + 1`` along each axis
+    (one past the last voxel where ``n`` is even: the coordinates are affine in the voxel index)."""
+    grid = coords.reshape(*shape, 3).double()
+    origin = grid[0, 0, 0]
+    steps = [grid[tuple(1 if a == b else 0 for b in range(3))] - origin for a in range(3)]
+    index = [torch.arange(n // 2 + 1, dtype=torch.float64) * 2 for n in shape]
+    out = origin + index[0][:, None, None, None] * steps[0] + index[1][None, :, None, None] * steps[1]
+    return (out + index[2][None, None, :, None] * steps[2]).float()
 
 
 @dataclass
