@@ -99,3 +99,18 @@ def test_case_is_the_same_on_one_thread_and_on_several(ellipsoid_factory, tiny_c
         torch.set_num_threads(threads)
     for a, b in zip(cases[0].context, cases[1].context):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 30, 40), (5, 1, 7), (3, 6, 1), (1, 1, 1)])
+def test_bilinear_samples_are_map_coordinates(shape):
+    """The evidence's sampler: SciPy's linear interpolation with edge values beyond the borders."""
+    from scipy import ndimage
+
+    from inr_engine.shape.slice_flow import bilinear
+
+    rng = np.random.default_rng(0)
+    images = rng.random(shape).astype(np.float32)
+    which = rng.integers(0, shape[0], 500)
+    rows, cols = rng.uniform(-3, shape[1] + 3, 500), rng.uniform(-3, shape[2] + 3, 500)
+    expected = ndimage.map_coordinates(images, np.stack([which.astype(float), rows, cols]), order=1, mode="nearest")
+    np.testing.assert_allclose(bilinear(images, which, rows, cols), expected, atol=1e-6)

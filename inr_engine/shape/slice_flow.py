@@ -24,7 +24,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.special import ive
 from torch.nn import functional as F
 
@@ -57,8 +56,25 @@ class SliceFlow:
 
     def shift(self, uv: np.ndarray) -> np.ndarray:
         """(N, 2) displacement at in-plane positions ``uv`` (N, 2)."""
-        local = (np.asarray(uv, np.float64) - self.origin).T
-        return np.stack([ndimage.map_coordinates(self.field[c], local, order=1, mode="nearest") for c in range(2)], 1)
+        local = np.asarray(uv, np.float64) - self.origin
+        return np.stack([bilinear(self.field, np.full(len(local), c), local[:, 0], local[:, 1]) for c in range(2)], 1)
+
+
+def bilinear(images: np.ndarray, which: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``images[which[n]]`` (a (k, h, w) stack) at ``(rows[n], cols[n])``, the edge
+    values beyond the borders: ``ndimage.map_coordinates(image, ..., order=1, mode="nearest")`` on
+    each image, in four gathers (half its time on the slice evidence's millions of samples)."""
+    images = np.ascontiguousarray(images)
+    _, h, w = images.shape
+    rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    r0, c0 = np.minimum(rows.astype(np.intp), max(h - 2, 0)), np.minimum(cols.astype(np.intp), max(w - 2, 0))
+    fr, fc = (rows - r0).astype(images.dtype), (cols - c0).astype(images.dtype)
+    flat = images.reshape(-1)
+    base = (np.asarray(which, np.intp) * h + r0) * w + c0
+    down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
+    top = flat[base] + fc * (flat[base + right] - flat[base])
+    bottom = flat[base + down] + fc * (flat[base + down + right] - flat[base + down])
+    return top + fr * (bottom - top)
 
 
 def slice_flows(sdf_prev: np.ndarray, sdf_next: np.ndarray, centroid_shifts: np.ndarray,

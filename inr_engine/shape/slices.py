@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..inputs import SliceError
-from .slice_flow import SliceFlow, slice_flows
+from .slice_flow import SliceFlow, bilinear, slice_flows
 
 SDF_SCALE_MM = 5.0  # signed distances enter the network as tanh(d / SDF_SCALE_MM)
 DIST_SCALE_MM = 20.0  # slice distances as tanh(d / DIST_SCALE_MM)
@@ -264,5 +264,4 @@ class SliceEvidence:
 
 def _sample(stack: np.ndarray, which: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Bilinear sample of slice ``which[n]`` of ``stack`` at in-plane position ``uv[n]``."""
-    coords = np.stack([which.astype(np.float64), uv[:, 0], uv[:, 1]])
-    return ndimage.map_coordinates(stack, coords, order=1, mode="nearest")
+    return bilinear(stack, which, uv[:, 0], uv[:, 1])
