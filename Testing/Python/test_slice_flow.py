@@ -114,3 +114,15 @@ def test_bilinear_samples_are_map_coordinates(shape):
     rows, cols = rng.uniform(-3, shape[1] + 3, 500), rng.uniform(-3, shape[2] + 3, 500)
     expected = ndimage.map_coordinates(images, np.stack([which.astype(float), rows, cols]), order=1, mode="nearest")
     np.testing.assert_allclose(bilinear(images, which, rows, cols), expected, atol=1e-6)
+
+
+def test_grid_features_are_the_features_of_the_grid_points(ellipsoid_factory):
+    """The encoder grid's fast path: identical to the features of its points, on a fractional grid."""
+    mask, _ = ellipsoid_factory((20, 24, 24), (8.0, 7.0, 5.0), center_ijk=(9.0, 10.0, 13.0))
+    sparse = np.zeros_like(mask)
+    sparse[[3, 8, 12]] = mask[[3, 8, 12]]
+    sparse[:, :, 13] = mask[:, :, 13]  # and a slice across them
+    evidence = SliceEvidence(sparse, {0: [3, 8, 12], 2: [13]}, np.array([2.5, 1.0, 1.0]))
+    along = [np.linspace(-2.3, 21.0, 9), np.linspace(0.4, 23.2, 7), np.linspace(-1.0, 25.0, 8)]
+    points = np.stack(np.meshgrid(*along, indexing="ij"), -1).reshape(-1, 3)
+    np.testing.assert_array_equal(evidence.grid_features(along), evidence.features(points).reshape(9, 7, 8, -1))

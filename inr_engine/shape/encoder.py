@@ -71,32 +71,31 @@ class EvidenceGrid:
         out.lo = self.lo + start * self.step
         return out
 
+    def along(self) -> list[np.ndarray]:
+        """The grid's positions (voxel units) along each axis."""
+        return [lo + np.arange(d) * step for lo, d, step in zip(self.lo, self.dims, self.step)]
+
     def points(self) -> np.ndarray:
-        idx = np.stack(np.meshgrid(*[np.arange(d) for d in self.dims], indexing="ij"), -1).reshape(-1, 3)
-        return self.lo + idx * self.step
+        """(D * H * W, 3) the grid's points, in C order."""
+        return np.stack(np.meshgrid(*self.along(), indexing="ij"), -1).reshape(-1, 3)
 
     def features(self, evidence: SliceEvidence) -> torch.Tensor:
         """(NUM_FEATURES, D, H, W) evidence on the grid, stored channels last (as the encoder reads it best)."""
-        return torch.from_numpy(evidence.features(self.points()).reshape(*self.dims, NUM_FEATURES)).permute(3, 0, 1, 2)
+        return torch.from_numpy(evidence.grid_features(self.along())).permute(3, 0, 1, 2)
 
     def features_between(self, evidence: SliceEvidence, base: torch.Tensor, axis: int, low: float,
                          high: float) -> torch.Tensor:
         """``base`` (this grid's features of other evidence) with the points whose voxel coordinate
         along ``axis`` lies in ``[low, high)`` computed from ``evidence``: what changes when a slice
         is left out, without recomputing the rest of the grid."""
-        along = self.lo[axis] + np.arange(self.dims[axis]) * self.step[axis]
-        picked = np.flatnonzero((along >= low) & (along < high))
+        along = self.along()
+        picked = np.flatnonzero((along[axis] >= low) & (along[axis] < high))  # consecutive grid points
         out = base.clone()
         if len(picked):
-            axes = [np.arange(d, dtype=np.float64) for d in self.dims]
-            axes[axis] = picked.astype(np.float64)
-            idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-            feats = evidence.features(self.lo + idx * self.step)
-            shape = [*self.dims]
-            shape[axis] = len(picked)
+            along[axis] = along[axis][picked]
             index = [slice(None)] * 4
-            index[axis + 1] = torch.from_numpy(picked)
-            out[tuple(index)] = torch.from_numpy(feats.reshape(*shape, NUM_FEATURES)).permute(3, 0, 1, 2)
+            index[axis + 1] = slice(int(picked[0]), int(picked[-1]) + 1)
+            out[tuple(index)] = torch.from_numpy(evidence.grid_features(along)).permute(3, 0, 1, 2)
         return out
 
     def sample(self, values: np.ndarray, ijk: np.ndarray) -> np.ndarray:
