@@ -87,12 +87,14 @@ class _Training:
             shutil.copyfile(self.checkpoint, self.out_file())
 
     def commit(self) -> None:
-        if self.rank != 0:  # under torchrun rank 0 writes the files
-            return
-        self.run.commit()
-        self.checkpoint.unlink(missing_ok=True)
-        with suppress(OSError):
-            self.checkpoint.parent.rmdir()
+        from ..training import end_distributed
+
+        if self.rank == 0:  # under torchrun rank 0 writes the files
+            self.run.commit()
+            self.checkpoint.unlink(missing_ok=True)
+            with suppress(OSError):
+                self.checkpoint.parent.rmdir()
+        end_distributed()
 
 
 @dataclass
