@@ -250,6 +250,8 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     evidence.prepare_without(_left_out(voxels, held))  # the registrations and encoder runs, in one batch each
     check()
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
+    if isinstance(evidence, EncodedEvidence):
+        evidence.forget_left_out()  # two more encoder grids, as large as the region, kept for nothing
     context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick] + offset, affine)), torch.from_numpy(feats),
                torch.from_numpy(voxels.labels[pick]))
     return Case(evidence, np.asarray(affine, np.float64), frame, roi_lo, roi_hi, context, offset, sparse.shape,

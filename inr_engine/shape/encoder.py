@@ -210,6 +210,10 @@ class EncodedEvidence:
         if self._logits is None:
             self._logits = logits[-1]
 
+    def forget_left_out(self) -> None:
+        """Drop the evidence made without slices (its encoder grids): a case needs it only for its context."""
+        self._left_out.clear()
+
     def without(self, axis: int, n: int) -> EncodedEvidence:
         if (axis, n) not in self._left_out:
             self.prepare_without([(axis, n)])
