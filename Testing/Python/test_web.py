@@ -164,6 +164,7 @@ def test_page_shows_the_views_and_offers_the_three_tasks(page):
     assert page.locator("img[src^='blob:']").count() >= 3  # slice views and the 3D view
     assert IMAGE in page.inner_text(by_id("inr-input"))  # the file given on the command line
     page.click(by_id("inr-task"))
+    page.get_by_role("option").last.wait_for()  # the menu opens a moment after the click
     options = page.get_by_role("option").all_inner_texts()
     assert options == ["MetaSeg", "NISF", "Sparse-slice shape completion"]
     page.keyboard.press("Escape")
