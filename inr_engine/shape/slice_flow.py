@@ -14,7 +14,12 @@ the field smoothed by a discrete Gaussian after every update, zero-flux boundari
 with PyTorch over all the slice pairs of a case at once: a case registers tens of small images
 (30x30 to 100x70 pixels), where ITK spends most of its time in per-iteration set-up (6 ms for
 20 iterations on 30x30 pixels). Each pair keeps its own box, pyramid and image boundaries, as if
-registered alone: padding a pair to the batch's size is invisible to it.
+registered alone: padding a pair to the batch's size is invisible to it. Where it departs from the
+ITK pipeline it replaced: a pyramid level averages blocks of pixels (ITK: Gaussian, then every
+k-th pixel); a field carried to a finer level is clamped at the coarse grid's edge (ITK: zero
+beyond it); no early stop on the RMS change (ITK's never triggered on these images). Near the
+contours the flows are within 0.02-0.55 pixel (median per pair) of ITK's on head-and-neck organs,
+and the priors trained on ITK's flows complete with the same Dice.
 """
 
 from __future__ import annotations
