@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inr_engine.metrics import dice
-from inr_engine.shape.slice_flow import SliceFlow, slice_flow
+from inr_engine.shape.slice_flow import SliceFlow, slice_flows
 from inr_engine.shape.slices import SDF_CAP_MM, SliceEvidence, _signed_distance
 
 
@@ -17,6 +17,11 @@ def disk(shape, centre, radius) -> np.ndarray:
 
 def sdf(mask):
     return _signed_distance(mask, (1.0, 1.0))
+
+
+def slice_flow(sdf_prev, sdf_next, centroid_shift, sampling) -> SliceFlow:
+    """One pair, registered as a batch of one."""
+    return slice_flows(sdf_prev[None], sdf_next[None], np.asarray(centroid_shift, np.float64)[None], sampling)[0]
 
 
 def test_flow_follows_a_translated_disk():

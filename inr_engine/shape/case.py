@@ -130,7 +130,8 @@ def _held_out_features(evidence: SliceEvidence | EncodedEvidence, voxels: _Slice
     """Features of the picked annotated voxels, each described by the evidence of the *other*
     slices (leave one slice out): on an annotated slice the full evidence already states the
     label, so fitting to it alone would teach nothing, whereas predicting each slice from its
-    neighbours is the case's own interpolation problem and gives the test-time fit its signal."""
+    neighbours is the case's own interpolation problem and gives the test-time fit its signal.
+    The evidence is expected to be prepared without those slices (``prepare_without``)."""
     out = np.empty((len(pick), evidence.num_features), np.float32)
     groups = _slice_groups(voxels)[pick]
 
@@ -138,7 +139,6 @@ def _held_out_features(evidence: SliceEvidence | EncodedEvidence, voxels: _Slice
         rows = groups == group
         out[rows] = evidence.without(*divmod(int(group), 10**6)).features(voxels.ijk[pick[rows]])
 
-    evidence.prepare_without(_left_out(voxels, pick))
     thread_map(fill_without, np.unique(groups))  # each group writes its own rows
     return out
 
@@ -250,8 +250,7 @@ def prepare_case(sparse: np.ndarray, affine: np.ndarray, cfg: ShapeConfig, slice
     evidence.prepare_without(_left_out(voxels, held))  # the registrations and encoder runs, in one batch each
     check()
     feats = np.concatenate([evidence.features(voxels.ijk[exact]), _held_out_features(evidence, voxels, held)])
-    if isinstance(evidence, EncodedEvidence):
-        evidence.forget_left_out()  # two more encoder grids, as large as the region, kept for nothing
+    evidence.forget_left_out()  # what was made without slices (encoder grids as large as the region) is done with
     context = (torch.from_numpy(frame.ijk_to_network(voxels.ijk[pick] + offset, affine)), torch.from_numpy(feats),
                torch.from_numpy(voxels.labels[pick]))
     return Case(evidence, np.asarray(affine, np.float64), frame, roi_lo, roi_hi, context, offset, sparse.shape,

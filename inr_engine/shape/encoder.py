@@ -213,6 +213,7 @@ class EncodedEvidence:
     def forget_left_out(self) -> None:
         """Drop the evidence made without slices (its encoder grids): a case needs it only for its context."""
         self._left_out.clear()
+        self.base.forget_left_out()
 
     def without(self, axis: int, n: int) -> EncodedEvidence:
         if (axis, n) not in self._left_out:

@@ -112,12 +112,6 @@ def slice_flows(sdf_prev: np.ndarray, sdf_next: np.ndarray, centroid_shifts: np.
     return flows
 
 
-def slice_flow(sdf_prev: np.ndarray, sdf_next: np.ndarray, centroid_shift: np.ndarray,
-               sampling: tuple[float, float]) -> SliceFlow:
-    """One pair's :func:`slice_flows`."""
-    return slice_flows(sdf_prev[None], sdf_next[None], np.asarray(centroid_shift, np.float64)[None], sampling)[0]
-
-
 class _Batch:
     """Images of different sizes padded to one (P, H, W) array, each pair's padding a copy of its
     last row and column (what zero-flux boundaries see), with the masks and gathers that keep it so."""

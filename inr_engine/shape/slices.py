@@ -180,6 +180,11 @@ class SliceEvidence:
                     ev.flows = flows[:len(pairs)]
                 self._gap_flows.update({(axis, n): f for n, f in zip(gaps, flows[len(pairs):])})
 
+    def forget_left_out(self) -> None:
+        """Drop the flows registered across the gaps of left-out slices (:meth:`prepare_without`)."""
+        with self._registering:
+            self._gap_flows.clear()
+
     def without(self, axis: int, n: int) -> SliceEvidence:
         """The evidence without the ``n``-th annotated slice along ``axis`` (only the flow across the gap
         it leaves is computed)."""
