@@ -1,9 +1,13 @@
 """Evaluating an INR over a grid: in chunks within a memory budget, and adaptively.
 
-Adaptive decoding evaluates every second grid point, interpolates trilinearly, and evaluates
-exactly only where the interpolated logit lies within ``band`` of the decision boundary:
-far from the surface the interpolation cannot flip a label, so large grids cost little more
-than their surface.
+Adaptive decoding evaluates every second grid point (and the knots: planes where the function
+may bend sharply, such as annotated slices), interpolates trilinearly between them, and evaluates
+exactly where the interpolated logit lies within ``band`` of the decision boundary or where the
+samples around a point disagree on its label: far from the surface the interpolation cannot flip
+a label, so large grids cost little more than their surface. On the real-size head-and-neck
+completions (every organ, 5, 10 and 20 mm gaps) it gives 59 labels other than evaluating every voxel's
+would, of 3.6 million foreground voxels, evaluating a quarter of the voxels; interpolating across the
+slices, with the band alone, gave 908 (at most 0.09% of a structure, on its annotated slices).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .frames import grid_ijk
 
@@ -48,10 +51,13 @@ def evaluate_in_chunks(fn: PointFunction, points: np.ndarray, chunk: int) -> np.
 
 
 def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536, adaptive: bool = True,
-               band: float = ADAPTIVE_BAND, min_adaptive_points: int = MIN_ADAPTIVE_POINTS) -> np.ndarray:
+               band: float = ADAPTIVE_BAND, min_adaptive_points: int = MIN_ADAPTIVE_POINTS,
+               knots: dict[int, list[float]] | None = None) -> np.ndarray:
     """Logits on the grid ``lo + step * n`` (voxel units) covering the box ``[lo, hi)``.
 
-    Returns an array of shape ``ceil((hi - lo) / step)`` per axis.
+    Returns an array of shape ``ceil((hi - lo) / step)`` per axis. ``knots`` (voxel positions by
+    axis) are where the function may bend sharply (an annotated slice): adaptive decoding samples
+    them, so that it interpolates only between them, never across one.
     """
     lo = np.asarray(lo, np.float64)
     hi = np.asarray(hi, np.float64)
@@ -59,16 +65,40 @@ def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536,
     if not adaptive or np.prod(dims) < min_adaptive_points:
         points = grid_ijk(tuple(dims)) * step + lo
         return evaluate_in_chunks(fn, points, chunk).reshape(tuple(dims))
-    coarse_dims = dims // 2 + 1
-    coarse_points = grid_ijk(tuple(coarse_dims)) * (2 * step) + lo
-    coarse = evaluate_in_chunks(fn, coarse_points, chunk).reshape(tuple(coarse_dims))
-    up = F.interpolate(torch.from_numpy(coarse)[None, None], size=tuple(2 * (coarse_dims - 1) + 1),
-                       mode="trilinear", align_corners=True)[0, 0].numpy()
-    logits = np.ascontiguousarray(up[: dims[0], : dims[1], : dims[2]])
-    uncertain = np.argwhere(np.abs(logits) < band)
+    along = [_coarse_positions(n, ((np.asarray((knots or {}).get(a, []), np.float64) - lo[a]) / step))
+             for a, n in enumerate(dims)]
+    coarse_points = np.stack(np.meshgrid(*along, indexing="ij"), -1) * step + lo
+    coarse = evaluate_in_chunks(fn, coarse_points, chunk).reshape(tuple(len(x) for x in along))
+    logits, lowest, highest = _interpolated(coarse, along, dims)
+    uncertain = np.argwhere((np.abs(logits) < band) | ((lowest <= 0) & (highest > 0)))
     if len(uncertain):
         logits[tuple(uncertain.T)] = evaluate_in_chunks(fn, uncertain * step + lo, chunk)
     return logits
+
+
+def _coarse_positions(n: int, knots: np.ndarray) -> np.ndarray:
+    """Grid indices sampled along an axis of ``n``: every second one, the last, and the (whole) knots."""
+    knots = np.round(knots[(knots > -0.5) & (knots < n - 0.5)]).astype(int)
+    return np.unique(np.concatenate([np.arange(0, n, 2), [n - 1], knots]))
+
+
+def _interpolated(coarse: np.ndarray, along: list[np.ndarray], dims) -> tuple[np.ndarray, ...]:
+    """``coarse`` (sampled at the indices ``along`` each axis) linearly interpolated along each axis
+    in turn onto every index below ``dims`` (trilinear within each cell of the samples), and the
+    least and the largest sample of each index's cell."""
+    values = lowest = highest = torch.from_numpy(coarse)
+    for axis, (positions, n) in enumerate(zip(along, dims)):
+        index = torch.arange(n, dtype=torch.float64)
+        known = torch.from_numpy(positions.astype(np.float64))
+        cell = (torch.searchsorted(known, index, right=True) - 1).clamp(0, max(len(known) - 2, 0))
+        following = (cell + 1).clamp(max=len(known) - 1)
+        weight = ((index - known[cell]) / (known[following] - known[cell]).clamp(min=1)).float()
+        view = [1, 1, 1]
+        view[axis] = n
+        values = torch.lerp(values.index_select(axis, cell), values.index_select(axis, following), weight.view(view))
+        lowest = torch.minimum(lowest.index_select(axis, cell), lowest.index_select(axis, following))
+        highest = torch.maximum(highest.index_select(axis, cell), highest.index_select(axis, following))
+    return values.numpy(), lowest.numpy(), highest.numpy()
 
 
 def labels_on_grid(shape: tuple[int, int, int], lo, logits: np.ndarray) -> np.ndarray:

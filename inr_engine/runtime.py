@@ -1,4 +1,4 @@
-"""Device choice, seeding and CPU parallelism.
+"""Device choice and seeding.
 
 PyTorch is imported where it is used, so that checking a device name (the command line's
 argument checks) needs none.
@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class DeviceError(ValueError):
@@ -60,18 +55,3 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
-
-
-def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(x) for x in items]`` on as many threads as PyTorch may use (``torch.set_num_threads``).
-
-    For work that releases the GIL (SciPy and NumPy on arrays).
-    """
-    import torch
-
-    items = list(items)
-    workers = min(len(items), torch.get_num_threads())
-    if workers < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))

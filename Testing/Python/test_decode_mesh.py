@@ -65,6 +65,36 @@ def test_adaptive_decoding_agrees_with_exact(slope, lo, hi, step):
     np.testing.assert_array_equal(adaptive[band], exact[band])
 
 
+@pytest.mark.parametrize("slice_index", [13, 14])
+def test_adaptive_decoding_keeps_what_lies_on_a_knot_alone(slice_index):
+    """An annotated slice can hold what its neighbours do not (a thin structure drawn there only):
+    interpolating across the slice would lose it, so a knot is sampled, wherever it lies."""
+    sphere = CountingSphere((20, 20, 20), 9.0, 4.0)
+
+    def fn(ijk):
+        on_slice = np.abs(ijk[:, 2] - slice_index) < 0.5
+        return np.where(on_slice & (np.abs(ijk[:, 0] - 20) < 3), 6.0, sphere(ijk) - 60.0).astype(np.float32)
+
+    exact = decode_box(fn, (0, 0, 0), (40, 40, 40), adaptive=False)
+    assert (exact > 0).sum() > 0
+    np.testing.assert_array_equal(decode_box(fn, (0, 0, 0), (40, 40, 40), knots={2: [slice_index]}) > 0, exact > 0)
+
+
+def test_adaptive_decoding_follows_steep_logits():
+    """Logits that jump from -10 to 20 at the surface: interpolated values far from 0 can be on the
+    wrong side of it, which the samples around them, disagreeing, tell."""
+    sphere = CountingSphere((24.3, 21.7, 19.1), 12.6)
+
+    def fn(ijk):
+        return np.where(sphere(ijk) > 0, 20.0, -10.0).astype(np.float32)
+
+    exact = decode_box(fn, (0, 0, 0), (48, 44, 40), adaptive=False)
+    sphere.points = 0
+    adaptive = decode_box(fn, (0, 0, 0), (48, 44, 40))
+    np.testing.assert_array_equal(adaptive > 0, exact > 0)
+    assert sphere.points < exact.size / 2  # it skipped most voxels
+
+
 def test_small_boxes_are_decoded_exactly():
     fn = CountingSphere((5, 5, 5), 3.3)
     a = decode_box(fn, (0, 0, 0), (10, 10, 10), adaptive=True)

@@ -105,7 +105,8 @@ class ShapeCompleter:
         chunk = decode_chunk(self.cfg.hidden_features)
         lo = case.lo.astype(np.float64)
         hi = case.hi.astype(np.float64) - 1 + step
-        return decode_box(self.point_function(case, params), lo, hi, step, chunk, adaptive), lo
+        return decode_box(self.point_function(case, params), lo, hi, step, chunk, adaptive,
+                          knots=case.slices), lo
 
     def labelmap(self, case: Case, params=None, adaptive: bool = True) -> np.ndarray:
         """Binary completion on the input's full grid (outside the region: background)."""

@@ -237,28 +237,37 @@ def _gaussian_taps(sigma: float) -> tuple[float, ...]:
 def _register(moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor, batch: _Batch,
               shrink: tuple[int, int]) -> torch.Tensor:
     """``FLOW_ITERATIONS`` demons iterations on one level: ``moving`` and ``fixed`` (P, h, w), the
-    field (P, 2, h, w) in full-grid pixels (a level pixel is ``shrink`` of them)."""
-    spacing = torch.tensor(shrink, dtype=torch.float32).view(1, 2, 1, 1)
+    field (P, 2, h, w) in full-grid pixels (a level pixel is ``shrink`` of them).
+
+    The images are small: an iteration costs what its operations' count and layouts do. The field
+    is kept in grid_sample's (column, row) order and every operation reads contiguous pixels.
+    """
+    spacing = torch.tensor(shrink[::-1], dtype=torch.float32).view(1, 2, 1, 1)  # (column, row)
     normalizer = (shrink[0] ** 2 + shrink[1] ** 2) / 2 * FLOW_MAX_STEP ** 2
-    fixed_gradient = _central_gradient(fixed, batch) / spacing
+    fixed_gradient = _central_gradient(fixed, batch).flip(1) / spacing
     h, w = batch.shape
     base = torch.stack(torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
-                                      indexing="xy"), -1)  # (h, w, 2): (column, row), grid_sample's order
-    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
-    level_field = torch.tensor([1.0 / shrink[1], 1.0 / shrink[0]])  # full-grid pixels -> level pixels, (c, r)
-    bounds = batch.sizes.flip(1).float().view(-1, 1, 1, 2) - 0.5
+                                      indexing="xy"))  # (2, h, w): (column, row) in level pixels
+    lowest = -0.5 - base  # a pixel's displacement (level pixels) keeps it on its pair's grid within these
+    highest = torch.where(batch.inside[:, None], batch.sizes.flip(1).float().view(-1, 2, 1, 1) - 0.5 - base,
+                          -torch.inf)  # (P, 2, h, w); padding: never valid
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)]).view(1, 2, 1, 1)
+    normalized_base = base * scale - 1  # grid_sample's coordinates
+    zero = torch.zeros(())
+    field = field.flip(1) / spacing  # level pixels, (column, row)
     for _ in range(FLOW_ITERATIONS):
-        where = base + field.permute(0, 2, 3, 1).flip(-1) * level_field  # (P, h, w, 2) in level pixels
-        valid = ((where >= -0.5) & (where < bounds)).all(-1) & batch.inside
-        warped = F.grid_sample(moving[:, None], where * scale - 1, mode="bilinear", padding_mode="border",
+        inside = (field >= lowest) & (field < highest)
+        valid = inside[:, 0] & inside[:, 1]
+        where = torch.addcmul(normalized_base, field, scale).permute(0, 2, 3, 1)
+        warped = F.grid_sample(moving[:, None], where, mode="bilinear", padding_mode="border",
                                align_corners=True)[:, 0]
         gradient = fixed_gradient + _masked_gradient(warped, valid) / spacing
         speed = fixed - warped
-        denominator = (gradient * gradient).sum(1) + speed * speed / normalizer
+        denominator = torch.addcmul(gradient.square().sum(1), speed, speed, value=1.0 / normalizer)
         moves = valid & (speed.abs() >= INTENSITY_THRESHOLD_MM) & (denominator >= 1e-9)
-        factor = torch.where(moves, 2 * speed / denominator.clamp(min=1e-9), 0.0)
-        field = batch.smooth(field + factor[:, None] * gradient)
-    return field
+        factor = torch.where(moves, speed / denominator, zero)
+        field = batch.smooth(torch.addcmul(field, factor[:, None], gradient / spacing, value=2.0))
+    return (field * spacing).flip(1)
 
 
 def _central_gradient(image: torch.Tensor, batch: _Batch) -> torch.Tensor:
@@ -275,15 +284,15 @@ def _central_gradient(image: torch.Tensor, batch: _Batch) -> torch.Tensor:
 
 
 def _masked_gradient(image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(P, 2, h, w) differences (per level pixel) of the warped image using valid neighbours only:
-    central where both are, one-sided where one is, zero where none is (ITK's ESM demons function)."""
-    padded = F.pad(image, (1, 1, 1, 1))
-    padded_valid = F.pad(valid, (1, 1, 1, 1))  # False beyond the borders
-    parts = []
-    for up, down in (((slice(2, None), slice(1, -1)), (slice(None, -2), slice(1, -1))),
-                     ((slice(1, -1), slice(2, None)), (slice(1, -1), slice(None, -2)))):
-        up_valid, down_valid = padded_valid[(slice(None), *up)], padded_valid[(slice(None), *down)]
-        ahead = torch.where(up_valid, padded[(slice(None), *up)], image)  # a missing neighbour: the pixel itself
-        behind = torch.where(down_valid, padded[(slice(None), *down)], image)
-        parts.append((ahead - behind) / (1.0 + (up_valid & down_valid)))
-    return torch.stack(parts, 1)
+    """(P, 2, h, w) differences (per level pixel; columns, then rows) of the warped image using valid
+    neighbours only: central where both are, one-sided where one is, zero where none is (ITK's ESM
+    demons function). A missing neighbour counts as the pixel itself: the difference is
+    ``valid_ahead * ahead - valid_behind * behind - image * (valid_ahead - valid_behind)``."""
+    mask = valid.to(image.dtype)
+    padded = F.pad(torch.stack([image * mask, mask], 1), (1, 1, 1, 1))  # beyond the borders: not valid
+    ahead = torch.stack([padded[..., 1:-1, 2:], padded[..., 2:, 1:-1]], 1)  # (P, 2 directions, 2, h, w)
+    behind = torch.stack([padded[..., 1:-1, :-2], padded[..., :-2, 1:-1]], 1)
+    difference = ahead - behind
+    gradient = torch.addcmul(difference[:, :, 0], image[:, None], difference[:, :, 1], value=-1.0)
+    both = (ahead[:, :, 1] + behind[:, :, 1]) > 1.5
+    return torch.where(both, gradient * 0.5, gradient)
