@@ -1,4 +1,4 @@
-"""The fast evaluation used by segmentation's test-time fit and decoding computes the networks'
+"""The fast evaluation used by the test-time fits and decoding computes the networks'
 own functions: folded frequencies, oneDNN's linear, the hand-written SIREN gradient, the NISF
 latent folded into a bias, chunked decoding; and a fit on hand-written gradients follows the
 autograd fit."""
@@ -28,6 +28,7 @@ from inr_engine.networks import (
 )
 from inr_engine.segmentation import metaseg, nisf
 from inr_engine.segmentation.volume import predict_labels
+from inr_engine.shape.model import OccupancyINR, ShapeConfig, occupancy_inference, occupancy_logits
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> bool:
@@ -65,6 +66,25 @@ def test_folded_siren_and_gabor_trunk_are_the_modules():
         assert float((trunk.inp.scale(x) * trunk.inp.sigma_0).square().max()) > 1000
         assert _close(gabor_trunk_inference(x, layers), trunk(x))
     assert _close(gabor_trunk(x, folded_gabor_trunk(trunk, dict(trunk.named_parameters()))), trunk(x))
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_folded_occupancy_network_is_the_module(encoded):
+    """The shape fit's folded forward and the decoding's in-place one compute the module's logits,
+    and the fit's has the module's gradients."""
+    torch.manual_seed(0)
+    cfg = ShapeConfig(hidden_features=32, encoder_channels=(8, 16) if encoded else ())
+    model = OccupancyINR(cfg)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    coords, evidence = torch.rand(700, 3) * 2 - 1, torch.rand(700, cfg.evidence_features) * 2 - 1
+    expected = functional_call(model, params, (coords, evidence))
+    folded = occupancy_logits(model, params, coords, evidence)
+    assert _close(folded, expected)
+    for a, b in zip(torch.autograd.grad(folded.square().sum(), list(params.values())),
+                    torch.autograd.grad(expected.square().sum(), list(params.values()))):
+        assert _close(a, b)
+    with torch.no_grad():
+        assert _close(occupancy_inference(model, params)(coords, evidence), expected)
 
 
 @pytest.mark.parametrize("chunk", [64, 500, 4096])

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from ..decode import decode_box, decode_chunk, labels_on_grid
 from ..fit import FitStep, fit
@@ -20,6 +19,7 @@ from .model import (
     ShapeConfig,
     load_encoder,
     occupancy_inference,
+    occupancy_logits,
     occupancy_loss,
     prior_tensors,
     split_tensors,
@@ -84,7 +84,7 @@ class ShapeCompleter:
         coords, ev, labels = (t.to(self.device) for t in case.context)
 
         def loss(params):
-            logits = functional_call(self.model, params, (coords, ev))
+            logits = occupancy_logits(self.model, params, coords, ev)
             return occupancy_loss(logits, labels, params, self.cfg.weight_decay)
 
         yield from fit(self.init, loss, steps, self.step_sizes, self.cfg.inner_steps, self.cfg.adam_lr)

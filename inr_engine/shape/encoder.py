@@ -79,24 +79,23 @@ class EvidenceGrid:
         """(D * H * W, 3) the grid's points, in C order."""
         return np.stack(np.meshgrid(*self.along(), indexing="ij"), -1).reshape(-1, 3)
 
-    def features(self, evidence: SliceEvidence) -> torch.Tensor:
-        """(NUM_FEATURES, D, H, W) evidence on the grid, stored channels last (as the encoder reads it best)."""
-        return torch.from_numpy(evidence.grid_features(self.along())).permute(3, 0, 1, 2)
+    def features(self, evidence: SliceEvidence) -> np.ndarray:
+        """(D, H, W, NUM_FEATURES) evidence on the grid: channels last, as the encoder reads it best."""
+        return evidence.grid_features(self.along())
 
-    def features_between(self, evidence: SliceEvidence, base: torch.Tensor, axis: int, low: float,
-                         high: float) -> torch.Tensor:
-        """``base`` (this grid's features of other evidence) with the points whose voxel coordinate
-        along ``axis`` lies in ``[low, high)`` computed from ``evidence``: what changes when a slice
-        is left out, without recomputing the rest of the grid."""
+    def features_between(self, evidence: SliceEvidence, base: np.ndarray, axis: int, low: float, high: float,
+                         out: np.ndarray) -> None:
+        """``base`` (this grid's :meth:`features` of other evidence) into ``out``, with the points whose
+        voxel coordinate along ``axis`` lies in ``[low, high)`` computed from ``evidence``: what
+        changes when a slice is left out, without recomputing the rest of the grid."""
         along = self.along()
         picked = np.flatnonzero((along[axis] >= low) & (along[axis] < high))  # consecutive grid points
-        out = base.clone()
+        out[...] = base
         if len(picked):
             along[axis] = along[axis][picked]
-            index = [slice(None)] * 4
-            index[axis + 1] = slice(int(picked[0]), int(picked[-1]) + 1)
-            out[tuple(index)] = torch.from_numpy(evidence.grid_features(along)).permute(3, 0, 1, 2)
-        return out
+            index = [slice(None)] * 3
+            index[axis] = slice(int(picked[0]), int(picked[-1]) + 1)
+            out[tuple(index)] = evidence.grid_features(along)
 
     def sample(self, values: np.ndarray, ijk: np.ndarray) -> np.ndarray:
         """Trilinear samples of ``values`` (on this grid) at voxel positions ``ijk`` (N, 3)."""
@@ -107,31 +106,23 @@ class EvidenceGrid:
 ENCODER_BATCH_POINTS = 2**21  # grid points the encoder reads in one call (its activations' memory)
 
 
-def encoder_logits(encoder: SliceEncoder, features: list[torch.Tensor]) -> list[np.ndarray]:
-    """The encoder's logits (float32, grid dims) from each evidence grid (:meth:`EvidenceGrid.features`).
+def encoder_logits(encoder: SliceEncoder, grids: np.ndarray) -> list[np.ndarray]:
+    """The encoder's logits (float32, grid dims) from each of the (B, D, H, W, NUM_FEATURES) evidence
+    grids (:meth:`EvidenceGrid.features`).
 
-    Grids of one shape run in batches, channels last: oneDNN's 3D convolutions on the CPU then take
-    a quarter to a half of the time per grid. A batch of one grid runs channels first: channels
-    last, PyTorch sends some of its convolutions to its slow reference kernel (1.5-2 times the time).
+    The grids run in batches, channels last: oneDNN's 3D convolutions on the CPU then take a quarter
+    to a half of the time per grid. A batch of one grid runs channels first: channels last, PyTorch
+    sends some of its convolutions to its slow reference kernel (1.5-2 times the time).
     """
     device = next(encoder.parameters()).device
     out: list[np.ndarray] = []
-    per_call = max(1, ENCODER_BATCH_POINTS // max(int(np.prod(f.shape[1:])) for f in features))
+    per_call = max(1, ENCODER_BATCH_POINTS // max(int(np.prod(grids.shape[1:4])), 1))
     with torch.no_grad():
-        for start in range(0, len(features), per_call):
-            logits = encoder(_encoder_batch(features[start:start + per_call]).to(device))
+        for start in range(0, len(grids), per_call):
+            batch = torch.from_numpy(grids[start:start + per_call]).permute(0, 4, 1, 2, 3)
+            logits = encoder((batch if len(batch) > 1 else batch.contiguous()).to(device))
             out.extend(x.float().cpu().numpy() for x in logits.contiguous())
     return out
-
-
-def _encoder_batch(grids: list[torch.Tensor]) -> torch.Tensor:
-    """(B, C, D, H, W) of (C, D, H, W) grids, channels last (one grid alone: channels first)."""
-    if len(grids) == 1:
-        return grids[0][None].contiguous()
-    batch = torch.empty(len(grids), *grids[0].shape[1:], grids[0].shape[0], dtype=grids[0].dtype)
-    for b, grid in enumerate(grids):
-        batch[b] = grid.permute(1, 2, 3, 0)
-    return batch.permute(0, 4, 1, 2, 3)
 
 
 class EncodedEvidence:
@@ -150,12 +141,12 @@ class EncodedEvidence:
         self.box = (np.asarray(lo), np.asarray(hi))
         self.pitch_mm = pitch_mm
         self.grid = EvidenceGrid(lo, hi, evidence.spacing, pitch_mm, encoder.grid_multiple)
-        self._grid_features: torch.Tensor | None = None
+        self._grid_features: np.ndarray | None = None
         self._logits: np.ndarray | None = None
         self._left_out: dict[tuple[int, int], EncodedEvidence] = {}  # by (axis, n), see without
 
     @property
-    def grid_features(self) -> torch.Tensor:
+    def grid_features(self) -> np.ndarray:
         """The evidence on :attr:`grid` (:meth:`EvidenceGrid.features`)."""
         if self._grid_features is None:
             self._grid_features = self.grid.features(self.base)
@@ -199,15 +190,18 @@ class EncodedEvidence:
         for all of them (and for this evidence, if it has not run yet)."""
         self.base.prepare_without(left_out)
         todo = [key for key in dict.fromkeys(left_out) if key not in self._left_out]
-        others = [self._without_slice(*key) for key in todo]
-        grids = [o.grid_features for o in others] + ([self.grid_features] if self._logits is None else [])
-        if not grids:
+        run_this = self._logits is None
+        if not todo and not run_this:
             return
+        grids = np.empty((len(todo) + run_this, *self.grid_features.shape), np.float32)  # the encoder's batch
+        others = [self._without_slice(*key, grids[b]) for b, key in enumerate(todo)]
+        if run_this:
+            grids[-1] = self.grid_features
         logits = encoder_logits(self.encoder, grids)
         for key, other, values in zip(todo, others, logits):
             other._logits = values
             self._left_out[key] = other
-        if self._logits is None:
+        if run_this:
             self._logits = logits[-1]
 
     def forget_left_out(self) -> None:
@@ -220,13 +214,14 @@ class EncodedEvidence:
             self.prepare_without([(axis, n)])
         return self._left_out[(axis, n)]
 
-    def _without_slice(self, axis: int, n: int) -> EncodedEvidence:
-        """The evidence without slice ``n`` along ``axis``, its encoder not run yet."""
+    def _without_slice(self, axis: int, n: int, grid_features: np.ndarray) -> EncodedEvidence:
+        """The evidence without slice ``n`` along ``axis``, its encoder not run yet; its features on
+        the grid are written to ``grid_features``."""
         other = copy.copy(self)
         other.base = self.base.without(axis, n)
         positions = self.base.axes[axis].positions  # leaving slice n out changes the evidence from slice n - 2
         low = positions[n - 2] if n >= 2 else -np.inf  # (its next-but-one neighbour) to slice n + 2
         high = positions[n + 2] if n + 2 < len(positions) else np.inf
-        other._grid_features = self.grid.features_between(other.base, self.grid_features, axis, low, high)
-        other._logits, other._left_out = None, {}
+        self.grid.features_between(other.base, self.grid_features, axis, low, high, grid_features)
+        other._grid_features, other._logits, other._left_out = None, None, {}  # the encoder's batch holds them
         return other

@@ -121,4 +121,5 @@ def encoder_task(shape: Shape, cfg: ShapeConfig, rng: np.random.Generator):
     grid = EvidenceGrid(*roi, evidence.spacing, cfg.encoder_pitch_mm, grid_multiple(cfg.encoder_channels))
     grid = grid.window(ENCODER_TRAINING_SIDE, rng)  # large organs (the brain) train on windows: the U-Net is local
     occupancy = ndimage.map_coordinates(np.asarray(shape.mask, np.float32), grid.points().T, order=1, mode="constant")
-    return grid.features(evidence), torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))
+    features = torch.from_numpy(grid.features(evidence)).permute(3, 0, 1, 2)  # (C, D, H, W), stored channels last
+    return features, torch.from_numpy(occupancy.reshape(grid.dims).astype(np.float32))
