@@ -5,9 +5,11 @@ may bend sharply, such as annotated slices), interpolates trilinearly between th
 exactly where the interpolated logit lies within ``band`` of the decision boundary or where the
 samples around a point disagree on its label: far from the surface the interpolation cannot flip
 a label, so large grids cost little more than their surface. On the real-size head-and-neck
-completions (every organ, 5, 10 and 20 mm gaps) it gives 59 labels other than evaluating every voxel's
-would, of 3.6 million foreground voxels, evaluating a quarter of the voxels; interpolating across the
-slices, with the band alone, gave 908 (at most 0.09% of a structure, on its annotated slices).
+completions (every organ of a scan, 5, 10 and 20 mm gaps: 3.6 million foreground voxels) 213
+labels differ from evaluating every voxel, against 908 when interpolating across the slices with
+the band alone, for 22% of the voxels evaluated (21%). What remains lies next to annotated slices
+two voxels apart, where the slice evidence bends half-way between them; sampling those
+half-way planes too leaves 21 labels, for 26%.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ def decode_box(fn: PointFunction, lo, hi, step: float = 1.0, chunk: int = 65536,
 
 
 def _coarse_positions(n: int, knots: np.ndarray) -> np.ndarray:
-    """Grid indices sampled along an axis of ``n``: every second one, the last, and the (whole) knots."""
+    """Grid indices sampled along an axis of ``n``: every second one (of the parity most knots have:
+    regularly spaced slices then add no samples), the ends, and the (whole) knots."""
     knots = np.round(knots[(knots > -0.5) & (knots < n - 0.5)]).astype(int)
-    return np.unique(np.concatenate([np.arange(0, n, 2), [n - 1], knots]))
+    parity = int(np.count_nonzero(knots % 2) * 2 > len(knots))
+    return np.unique(np.concatenate([[0], np.arange(parity, n, 2), [n - 1], knots]))
 
 
 def _interpolated(coarse: np.ndarray, along: list[np.ndarray], dims) -> tuple[np.ndarray, ...]:
