@@ -5,11 +5,11 @@ may bend sharply, such as annotated slices), interpolates trilinearly between th
 exactly where the interpolated logit lies within ``band`` of the decision boundary or where the
 samples around a point disagree on its label: far from the surface the interpolation cannot flip
 a label, so large grids cost little more than their surface. On the real-size head-and-neck
-completions (every organ of a scan, 5, 10 and 20 mm gaps: 3.6 million foreground voxels) 213
-labels differ from evaluating every voxel, against 908 when interpolating across the slices with
-the band alone, for 22% of the voxels evaluated (21%). What remains lies next to annotated slices
-two voxels apart, where the slice evidence bends half-way between them; sampling those
-half-way planes too leaves 21 labels, for 26%.
+completions (every organ of a scan, 5, 10 and 20 mm gaps: 3.6 million foreground voxels), 213
+labels differ from evaluating every voxel, with 22% of the voxels evaluated; interpolating across
+the slices with the band alone changed 908, with 21%. What remains lies next to annotated slices
+two voxels apart, where the slice evidence bends half-way between them: sampling those half-way
+planes too would leave 21, with 26% evaluated.
 """
 
 from __future__ import annotations
