@@ -111,8 +111,9 @@ def encoder_logits(encoder: SliceEncoder, grids: np.ndarray) -> list[np.ndarray]
     grids (:meth:`EvidenceGrid.features`).
 
     The grids run in batches, channels last: oneDNN's 3D convolutions on the CPU then take a quarter
-    to a half of the time per grid. A batch of one grid runs channels first: channels last, PyTorch
-    sends some of its convolutions to its slow reference kernel (1.5-2 times the time).
+    to a half of the time per grid. A grid alone runs channels last too: 0.08 s for a lung's
+    64x96x116 grid on 2 threads, against 0.20 s channels first (within 10% either way on grids
+    of 30^3 points or fewer).
     """
     device = next(encoder.parameters()).device
     out: list[np.ndarray] = []
@@ -120,8 +121,7 @@ def encoder_logits(encoder: SliceEncoder, grids: np.ndarray) -> list[np.ndarray]
     with torch.no_grad():
         for start in range(0, len(grids), per_call):
             batch = torch.from_numpy(grids[start:start + per_call]).permute(0, 4, 1, 2, 3)
-            logits = encoder((batch if len(batch) > 1 else batch.contiguous()).to(device))
-            out.extend(x.float().cpu().numpy() for x in logits.contiguous())
+            out.extend(x.float().cpu().numpy() for x in encoder(batch.to(device)).contiguous())
     return out
 
 
