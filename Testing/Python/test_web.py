@@ -29,6 +29,7 @@ IMAGE = "hippocampus_004_image.nii.gz"
 SPARSE = "hn_0522c0331_parotid_lt_sparse_axial_every4.nrrd"
 START_TIMEOUT = 90.0
 RUN_TIMEOUT = 180.0
+VIEWS = 3  # images the page streams at least: slice views and the 3D view
 
 
 def _require(module: str):
@@ -98,7 +99,8 @@ def browser():
 def page(browser, server):
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page.goto(server)
-    page.wait_for_selector("img[src^='blob:']", timeout=60_000)  # the views' first frames
+    # the first frames of the slice views and the 3D view (they arrive one by one)
+    page.locator("img[src^='blob:']").nth(VIEWS - 1).wait_for(timeout=60_000)
     yield page
     page.close()
 
@@ -161,7 +163,7 @@ def differs(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ tests
 def test_page_shows_the_views_and_offers_the_three_tasks(page):
-    assert page.locator("img[src^='blob:']").count() >= 3  # slice views and the 3D view
+    assert page.locator("img[src^='blob:']").count() >= VIEWS
     assert IMAGE in page.inner_text(by_id("inr-input"))  # the file given on the command line
     page.click(by_id("inr-task"))
     page.get_by_role("option").last.wait_for()  # the menu opens a moment after the click
