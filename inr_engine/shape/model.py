@@ -75,8 +75,14 @@ class OccupancyINR(nn.Module):
 
     def forward(self, coords: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         x = torch.cat([coords, evidence], dim=-1)
-        logit = self.siren(x).squeeze(-1) - self.alpha * evidence[..., NUM_FEATURES - 1] + self.beta
-        return logit if self.gamma is None else logit + self.gamma * evidence[..., -1]
+        return _with_evidence(self.siren(x).squeeze(-1), evidence, self.alpha, self.beta, self.gamma)
+
+
+def _with_evidence(siren: torch.Tensor, evidence: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                   gamma: torch.Tensor | None) -> torch.Tensor:
+    """The occupancy logit from the SIREN's output (see :class:`OccupancyINR`)."""
+    logit = siren - alpha * evidence[..., NUM_FEATURES - 1] + beta
+    return logit if gamma is None else logit + gamma * evidence[..., -1]
 
 
 def occupancy_inference(model: OccupancyINR, params: dict[str, torch.Tensor]
@@ -102,9 +108,8 @@ def occupancy_logits(model: OccupancyINR, params: dict[str, torch.Tensor], coord
     x = torch.cat([coords, evidence], dim=-1)
     for weight, bias in folded_sine_layers(model.siren, params, "siren."):
         x = torch.sin(torch.addmm(bias, x, weight.t()))
-    logit = torch.addmm(params["siren.out.bias"], x, params["siren.out.weight"].t())[:, 0]
-    logit = logit - params["alpha"] * evidence[:, NUM_FEATURES - 1] + params["beta"]
-    return logit if "gamma" not in params else logit + params["gamma"] * evidence[:, -1]
+    siren = torch.addmm(params["siren.out.bias"], x, params["siren.out.weight"].t())[:, 0]
+    return _with_evidence(siren, evidence, params["alpha"], params["beta"], params.get("gamma"))
 
 
 def bce_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
